@@ -1,0 +1,21 @@
+"""adaptive-exit: early-exit transformer encoders with pluggable signals, weightings, backbones and datasets.
+
+This module is the public API that plugins use.
+"""
+
+from .backbones import Backbone, Encoder
+from .data import DatasetSource, TaskData
+from .errors import UsageError
+from .evaluation import CurvePoint, EvaluationResult, sweep
+from .exits import ExitOutputs, exit_condition, exit_cross_entropy, layer_speedup, simulate_exits
+from .hookspecs import hookimpl
+from .lifecycle import RunInfo
+from .model import MultiExitModel
+from .signals import NoOptions, Signal, TemperatureOptions
+from .weighting import Weighting, WeightingLoss
+
+__all__ = [
+    "Backbone", "CurvePoint", "DatasetSource", "Encoder", "EvaluationResult", "ExitOutputs", "MultiExitModel",
+    "NoOptions", "RunInfo", "Signal", "TaskData", "TemperatureOptions", "UsageError", "Weighting", "WeightingLoss",
+    "exit_condition", "exit_cross_entropy", "hookimpl", "layer_speedup", "simulate_exits", "sweep",
+]

@@ -1,0 +1,229 @@
+"""The ``adaptive-exit`` command line: train, evaluate, plugins."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any
+
+from pydantic import BaseModel
+
+from .errors import UsageError
+
+CONFIG_SECTIONS = ("model", "data", "train")
+MLFLOW_UI_HINT = "Compare runs: run `mlflow ui` in this directory and open http://127.0.0.1:5000"
+
+
+def _flag(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def _plugin_options() -> dict[str, list[tuple[str, str, Any]]]:
+    """Every option field declared by a registered signal or weighting: field -> [(kind, name, field info)]."""
+    from .plugins import registry
+
+    options: dict[str, list[tuple[str, str, Any]]] = {}
+    for kind in ("signals", "weightings"):
+        for name, entry in registry(kind).items():
+            for field, info in entry.cls.Options.model_fields.items():
+                options.setdefault(field, []).append((kind, name, info))
+    return options
+
+
+def _add_plugin_option_flags(parser: argparse.ArgumentParser, reserved: set[str], kinds: tuple[str, ...]) -> None:
+    group = parser.add_argument_group("plugin options (each applies to the signal or weighting that declares it)")
+    for field, owners in sorted(_plugin_options().items()):
+        owners = [o for o in owners if o[0] in kinds]
+        if not owners:
+            continue
+        if field in reserved:
+            raise UsageError(f"{owners[0][0][:-1]} '{owners[0][1]}' declares option '{field}', which clashes with "
+                             f"the built-in flag {_flag(field)}; rename the option")
+        info = owners[0][2]
+        declared_by = ", ".join(f"{kind[:-1]} {name}" for kind, name, _ in owners)
+        help_text = f"{info.description or field} [{declared_by}; default {info.default}]"
+        if info.annotation is bool:
+            group.add_argument(_flag(field), dest=f"option:{field}", action=argparse.BooleanOptionalAction,
+                               default=argparse.SUPPRESS, help=help_text)
+        else:
+            group.add_argument(_flag(field), dest=f"option:{field}", default=argparse.SUPPRESS, metavar="VALUE",
+                               help=help_text)
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> set[str]:
+    from .config import DataConfig, ModelConfig, TrainConfig
+
+    reserved = set()
+    for section, model in zip(CONFIG_SECTIONS, (ModelConfig, DataConfig, TrainConfig)):
+        group = parser.add_argument_group(f"{section} (config section '{section}:')")
+        for field, info in model.model_fields.items():
+            reserved.add(field)
+            group.add_argument(_flag(field), dest=f"{section}.{field}", default=argparse.SUPPRESS, metavar="VALUE",
+                               help=f"{info.description} (default: {info.default})")
+    return reserved
+
+
+def _route_options(args: dict[str, Any], config: dict[str, Any]) -> None:
+    """Put each given plugin option into the options of the chosen signal or weighting that declares it."""
+    from .plugins import lookup
+
+    chosen = {"signals": config["signal"]["name"], "weightings": config["weighting"]["name"]}
+    declared = {kind: lookup(kind, name).cls.Options.model_fields for kind, name in chosen.items()}
+    owners = _plugin_options()
+    for key, value in args.items():
+        if not key.startswith("option:"):
+            continue
+        field = key.split(":", 1)[1]
+        targets = [kind for kind in chosen if field in declared[kind]]
+        if not targets:
+            others = ", ".join(f"{kind[:-1]} '{name}'" for kind, name, _ in owners.get(field, []))
+            raise UsageError(f"{_flag(field)} is an option of {others}, not of the chosen signal "
+                             f"'{chosen['signals']}' or weighting '{chosen['weightings']}'")
+        for kind in targets:
+            section = "signal" if kind == "signals" else "weighting"
+            config[section].setdefault("options", {})[field] = value
+
+
+def build_run_config(args: argparse.Namespace) -> Any:
+    """The RunConfig from ``--config`` (if any) with the flags put over it."""
+    from .config import RunConfig, build_config, deep_merge, read_yaml
+
+    values = vars(args)
+    config = RunConfig().model_dump() if not values.get("config") else deep_merge(
+        RunConfig().model_dump(), read_yaml(values["config"]))
+    for key, value in values.items():
+        if "." in key:
+            section, field = key.split(".", 1)
+            config.setdefault(section, {})[field] = value
+    for key in ("signal", "weighting"):
+        if values.get(key) and values[key] != config.get(key, {}).get("name"):
+            config[key] = {"name": values[key], "options": {}}
+    if values.get("output_dir"):
+        config["output_dir"] = values["output_dir"]
+    if values.get("experiment"):
+        config.setdefault("tracking", {})["experiment"] = values["experiment"]
+    if values.get("no_track"):
+        config.setdefault("tracking", {})["enabled"] = False
+    if isinstance(config.get("signal"), dict) and isinstance(config.get("weighting"), dict):
+        _route_options(values, config)
+    return build_config(config)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .training import train
+
+    config = build_run_config(args)
+    result, output_dir = train(config)
+    if output_dir is not None:
+        print(result.table())
+        print(f"\nModel saved to {output_dir}")
+        if config.tracking.enabled:
+            print(MLFLOW_UI_HINT)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate_model_dir
+
+    options = {k.split(":", 1)[1]: v for k, v in vars(args).items() if k.startswith("option:")}
+    result = evaluate_model_dir(args.model_dir, signal=args.signal, signal_options=options, dataset=args.dataset,
+                                split=args.split, thresholds=args.thresholds, max_samples=args.max_eval_samples,
+                                batch_size=args.batch_size, track=not args.no_track)
+    print(json.dumps(result.to_dict(), indent=2) if args.json else result.table())
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from .plugins import KINDS, registry
+
+    listing = {kind: [{"name": e.name, "plugin": e.plugin, "version": e.version,
+                       "description": (e.cls.__doc__ or "").strip().splitlines()[0] if e.cls.__doc__ else ""}
+                      for e in registry(kind).values()] for kind in KINDS}
+    if args.json:
+        print(json.dumps(listing, indent=2))
+        return 0
+    for kind, items in listing.items():
+        print(f"{kind}:")
+        for item in items:
+            print(f"  {item['name']:<20} {item['plugin']} {item['version']}  {item['description']}")
+    return 0
+
+
+def make_parser(argv: list[str]) -> argparse.ArgumentParser:
+    """The argument parser; plugin option flags are added only for the command being run."""
+    parser = argparse.ArgumentParser(
+        prog="adaptive-exit",
+        description="Train and evaluate early-exit transformer encoders. Signals, weightings, backbones and "
+                    "datasets are plugins: `adaptive-exit plugins` lists them.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    command = next((a for a in argv if not a.startswith("-")), None)
+
+    train = sub.add_parser("train", help="train a multi-exit model, evaluate it, save it, log it to MLflow",
+                           description="Train a multi-exit model, run the threshold sweep on the evaluation split, "
+                                       "save the model to --output-dir and log everything to MLflow.")
+    train.add_argument("--config", metavar="FILE", help="YAML file with sections model, data, train, signal, "
+                                                         "weighting, tracking, output_dir; flags override it")
+    train.add_argument("--signal", help="exit signal (default: entropy)")
+    train.add_argument("--weighting", help="training weighting scheme (default: uniform)")
+    train.add_argument("--output-dir", help="where to save the model (default: outputs/<dataset>-<weighting>-<signal>-<time>)")
+    train.add_argument("--experiment", help="MLflow experiment (default: the dataset name)")
+    train.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    reserved = _add_config_flags(train) | {"signal", "weighting", "output_dir", "experiment", "config", "no_track"}
+    if command == "train":
+        _add_plugin_option_flags(train, reserved, ("signals", "weightings"))
+    train.set_defaults(func=cmd_train)
+
+    evaluate = sub.add_parser("evaluate", help="threshold sweep of a saved model",
+                              description="Run all exits once over a split, then report metric, layer speed-up and "
+                                          "exit counts for every threshold of a grid.")
+    evaluate.add_argument("model_dir", help="a directory written by `train`")
+    evaluate.add_argument("--signal", help="exit signal (default: the one the model was trained with)")
+    evaluate.add_argument("--dataset", help="dataset (default: the one the model was trained on)")
+    evaluate.add_argument("--split", choices=("validation", "test"), default="validation", help="split (default: validation)")
+    evaluate.add_argument("--thresholds", type=float, nargs="+", metavar="T",
+                          help="thresholds to sweep (default: a grid over the signal's observed range)")
+    evaluate.add_argument("--max-eval-samples", type=int, metavar="N", help="use only the first N samples")
+    evaluate.add_argument("--batch-size", type=int, default=64, help="batch size (default: 64)")
+    evaluate.add_argument("--json", action="store_true", help="print the results as JSON")
+    evaluate.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    if command == "evaluate":
+        _add_plugin_option_flags(evaluate, {"signal", "dataset", "split", "thresholds", "json"}, ("signals",))
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    plugins = sub.add_parser("plugins", help="list signals, weightings, backbones and datasets with their plugins")
+    plugins.add_argument("--json", action="store_true", help='print {"signals": [...], "weightings": [...], ...}')
+    plugins.set_defaults(func=cmd_plugins)
+    return parser
+
+
+def _quiet_libraries() -> None:
+    import os
+    import warnings
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    for name in ("alembic", "mlflow", "urllib3", "httpx"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="mlflow")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``adaptive-exit`` command; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _quiet_libraries()
+    try:
+        args = make_parser(argv).parse_args(argv)
+        return args.func(args)
+    except UsageError as exc:
+        print(f"adaptive-exit: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("adaptive-exit: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

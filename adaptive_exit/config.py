@@ -1,0 +1,131 @@
+"""The whole run's configuration: pydantic models, read from a YAML file and/or command-line flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import UsageError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelConfig(_Strict):
+    backbone: str = Field("minilm-l6", description="local path, hub name, or the offline alias 'minilm-l6'")
+    backbone_type: str = Field("huggingface", description="backbone plugin that loads it")
+    num_layers: int | None = Field(None, ge=1, description="keep only the first N layers")
+    pooling: Literal["mean", "cls"] = Field("mean", description="how exit heads pool the hidden states")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="dropout before each exit's classifier")
+
+
+class DataConfig(_Strict):
+    dataset: str = Field("movie-reviews", description="dataset plugin name (e.g. movie-reviews, snli, glue/sst2, csv)")
+    max_length: int = Field(64, ge=8, le=4096, description="maximum tokens per sample")
+    max_train_samples: int | None = Field(None, ge=1, description="use only the first N training samples")
+    max_eval_samples: int | None = Field(None, ge=1, description="use only the first N evaluation samples")
+    eval_split: Literal["validation", "test"] = Field("validation", description="split the evaluation sweep uses")
+    train_file: str | None = Field(None, description="local csv/json/tsv training file")
+    validation_file: str | None = Field(None, description="local validation file (else cut from train)")
+    test_file: str | None = Field(None, description="local test file")
+    text_column: str = Field("text", description="column with the text (local files)")
+    text_pair_column: str | None = Field(None, description="column with the second text of a pair (local files)")
+    label_column: str = Field("label", description="column with the label (local files)")
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(1, ge=1, description="training epochs")
+    batch_size: int = Field(32, ge=1, description="samples per step (per process under torchrun)")
+    lr: float = Field(5e-5, gt=0, description="encoder learning rate")
+    head_lr: float = Field(1e-3, gt=0, description="exit heads' (and signal's) learning rate")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay")
+    warmup_ratio: float = Field(0.1, ge=0, le=1, description="fraction of steps with linear warm-up")
+    max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
+    seed: int = Field(42, description="random seed for data order, dropout and thresholds")
+
+
+class PluginChoice(_Strict):
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class TrackingConfig(_Strict):
+    enabled: bool = Field(True, description="log the run to MLflow")
+    experiment: str | None = Field(None, description="MLflow experiment (default: the dataset name)")
+
+
+class RunConfig(_Strict):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    signal: PluginChoice = Field(default_factory=lambda: PluginChoice(name="entropy"))
+    weighting: PluginChoice = Field(default_factory=lambda: PluginChoice(name="uniform"))
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    output_dir: str | None = Field(None, description="where the trained model goes (default: outputs/<run>)")
+
+
+def describe_validation_error(error: ValidationError, prefix: str = "") -> str:
+    """One line naming the first invalid field and why."""
+    first = error.errors()[0]
+    field = ".".join(str(part) for part in (prefix, *first["loc"]) if part != "")
+    value = first.get("input")
+    shown = "" if isinstance(value, dict) or value is None else f" (got {value!r})"
+    message = "unknown field" if first["type"] == "extra_forbidden" else first["msg"]
+    return f"invalid value for {field or 'config'}: {message}{shown}"
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``override``'s values put in, recursing into nested dicts."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """The mapping in a YAML config file, or a UsageError."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"config file '{path}' does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UsageError(f"config file '{path}' is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"config file '{path}' must hold a mapping (model:, data:, train:, ...)")
+    return data
+
+
+def build_config(values: dict[str, Any]) -> RunConfig:
+    """A validated RunConfig, or a UsageError naming the invalid field."""
+    try:
+        return RunConfig.model_validate(values)
+    except ValidationError as exc:
+        raise UsageError(describe_validation_error(exc)) from None
+
+
+def validate_options(options_model: type[BaseModel], values: dict[str, Any], where: str) -> BaseModel:
+    """A plugin's options model filled from ``values``, or a UsageError naming the field."""
+    try:
+        return options_model.model_validate(values)
+    except ValidationError as exc:
+        raise UsageError(describe_validation_error(exc, prefix=where)) from None
+
+
+def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as one level with dotted keys."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat

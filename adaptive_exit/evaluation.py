@@ -1,0 +1,175 @@
+"""The threshold sweep: one all-exits pass, then metric, layer speed-up and exit counts for every threshold."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+from .exits import ExitOutputs, simulate_exits
+from .metrics import compute
+from .signals import Signal
+
+SPEEDUP_MARKS = (1.5, 2.0, 3.0)
+
+
+@dataclass
+class CurvePoint:
+    """One threshold of the sweep."""
+
+    threshold: float
+    speedup: float
+    metric: float
+    exit_counts: list[int]
+
+
+@dataclass
+class EvaluationResult:
+    """A sweep's curve, per-exit metric, area under the metric / layer speed-up curve and marks on it."""
+
+    signal: str
+    metric_name: str
+    num_samples: int
+    curve: list[CurvePoint]
+    per_exit_metric: list[float]
+    auc: float
+    metric_at: dict[str, float | None]
+    epoch: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON shape printed by ``evaluate --json``."""
+        return {
+            "signal": self.signal,
+            "metric_name": self.metric_name,
+            "num_samples": self.num_samples,
+            "curve": [asdict(point) for point in self.curve],
+            "per_exit_metric": self.per_exit_metric,
+            "auc": self.auc,
+            "metric_at": self.metric_at,
+        }
+
+    def table(self, rows: int = 12) -> str:
+        """A readable summary: a dozen curve points spread over the speed-up range, then the summary numbers."""
+        num_exits = len(self.per_exit_metric)
+        picked: list[CurvePoint] = []
+        for target in np.linspace(1.0, num_exits, rows):
+            best = min(self.curve, key=lambda p: (abs(p.speedup - target), -p.metric))
+            if best not in picked:
+                picked.append(best)
+        picked.sort(key=lambda p: p.speedup)
+        exits_header = " ".join(f"{i + 1:>5}" for i in range(num_exits))
+        lines = [f"signal {self.signal}, {self.num_samples} samples, metric {self.metric_name}",
+                 f"{'threshold':>12} {'speed-up':>9} {self.metric_name:>9}   samples leaving at exit {exits_header}"]
+        for p in picked:
+            counts = " ".join(f"{c:>5}" for c in p.exit_counts)
+            lines.append(f"{p.threshold:>12.6g} {p.speedup:>8.2f}x {p.metric:>9.4f}   {' ' * 24}{counts}")
+        per_exit = " ".join(f"{m:.4f}" for m in self.per_exit_metric)
+        lines.append(f"per-exit {self.metric_name} (exit 1 -> {num_exits}): {per_exit}")
+        marks = ", ".join(f"{k}x: {'n/a' if v is None else f'{v:.4f}'}" for k, v in self.metric_at.items())
+        lines.append(f"AUC of {self.metric_name} over layer speed-up: {self.auc:.4f}    {self.metric_name} at {marks}")
+        return "\n".join(lines)
+
+
+@torch.no_grad()
+def collect_outputs(model: torch.nn.Module, batches: Iterable[dict[str, torch.Tensor]],
+                    device: torch.device | str = "cpu") -> tuple[ExitOutputs, torch.Tensor]:
+    """Every exit's outputs over all batches (model in eval mode), and the labels."""
+    model.eval()
+    logits, pooled, labels = [], [], []
+    for batch in batches:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        out = model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+        logits.append(out.logits.float().cpu())
+        pooled.append(out.pooled.float().cpu())
+        labels.append(batch["labels"].cpu())
+    return ExitOutputs(torch.cat(logits, 1), torch.cat(pooled, 1)), torch.cat(labels)
+
+
+def _interpolate(speedups: np.ndarray, metrics: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unique speed-ups in increasing order, with the mean metric of points sharing one."""
+    unique, inverse = np.unique(np.round(speedups, 9), return_inverse=True)
+    sums = np.bincount(inverse, weights=metrics)
+    return unique, sums / np.bincount(inverse)
+
+
+def summarize_curve(curve: list[CurvePoint], marks: Iterable[float] = SPEEDUP_MARKS) -> tuple[float, dict[str, float | None]]:
+    """Area under the metric / layer-speed-up curve divided by its speed-up span (a mean metric), and the
+    metric linearly interpolated at each mark (``None`` past the curve's range)."""
+    xs, ys = _interpolate(np.array([p.speedup for p in curve]), np.array([p.metric for p in curve]))
+    area = float(((ys[1:] + ys[:-1]) / 2 * np.diff(xs)).sum())
+    auc = area / float(xs[-1] - xs[0]) if xs[-1] > xs[0] else float(ys[0])
+    at = {f"{m:g}": (float(np.interp(m, xs, ys)) if xs[0] <= m <= xs[-1] else None) for m in marks}
+    return auc, at
+
+
+def sweep(outputs: ExitOutputs, labels: torch.Tensor, signal: Signal, metric_name: str = "accuracy",
+          thresholds: torch.Tensor | None = None) -> EvaluationResult:
+    """Simulate every threshold at once on one all-exits pass."""
+    with torch.no_grad():
+        scores = signal.score(outputs).double()
+    if thresholds is None:
+        thresholds = signal.thresholds(scores)
+    thresholds = torch.as_tensor(thresholds, dtype=torch.float64).flatten()
+    num_exits, num_samples = scores.shape
+    predictions = outputs.logits.argmax(-1)
+    exit_index = simulate_exits(scores, thresholds, signal.exit_when)
+    chosen = predictions.gather(0, exit_index)
+    counts = torch.nn.functional.one_hot(exit_index, num_exits).sum(1)
+    speedups = num_exits * num_samples / (exit_index + 1).sum(1).double()
+    curve = [
+        CurvePoint(float(t), float(s), compute(metric_name, chosen[k], labels), counts[k].tolist())
+        for k, (t, s) in enumerate(zip(thresholds, speedups))
+    ]
+    per_exit = [compute(metric_name, predictions[i], labels) for i in range(num_exits)]
+    auc, metric_at = summarize_curve(curve)
+    return EvaluationResult(signal.name, metric_name, num_samples, curve, per_exit, auc, metric_at)
+
+
+def evaluate_model_dir(model_dir: str, signal: str | None = None, signal_options: dict[str, Any] | None = None,
+                       dataset: str | None = None, split: str = "validation", thresholds: list[float] | None = None,
+                       max_samples: int | None = None, batch_size: int = 64, track: bool = True) -> EvaluationResult:
+    """Sweep a saved model on a split, with its own signal and dataset unless others are named."""
+    from .config import DataConfig
+    from .data import load_task, make_loader, tokenize
+    from .errors import UsageError
+    from .lifecycle import RunInfo, lifecycle
+    from .model import MultiExitModel, load_signal_weights
+    from .plugins import call_lifecycle, create, lookup
+
+    model = MultiExitModel.from_pretrained(model_dir)
+    trained = model.config
+    signal_name = signal or trained["signal"]["name"]
+    options = dict(trained["signal"]["options"]) if signal_name == trained["signal"]["name"] else {}
+    options.update(signal_options or {})
+    data_values = dict(trained["run"]["data"])
+    if dataset and dataset != trained["dataset"]:
+        data_values = {"dataset": dataset, "max_length": data_values["max_length"]}
+    data_values.update(eval_split=split, max_eval_samples=max_samples)
+    data_config = DataConfig.model_validate(data_values)
+    plugins = {"signal": lookup("signals", signal_name), "dataset": lookup("datasets", data_config.dataset),
+               "backbone": lookup("backbones", trained["backbone_type"])}
+    signal_obj = create("signals", signal_name, options, num_exits=model.num_exits,
+                        hidden_size=model.encoder.hidden_size, num_labels=trained["num_labels"])
+    if signal_name == trained["signal"]["name"]:
+        load_signal_weights(signal_obj, model_dir)
+    signal_obj.eval()
+    task = load_task(data_config)
+    if len(task.label_names) != trained["num_labels"]:
+        raise UsageError(f"dataset '{data_config.dataset}' has {len(task.label_names)} labels but the model was "
+                         f"trained for {trained['num_labels']}; evaluate on a dataset with the same labels")
+    tokenized = tokenize(task, model.tokenizer, data_config.max_length)
+    loader = make_loader(tokenized[split], model.tokenizer, batch_size)
+    config = {"model_dir": str(model_dir), "signal": {"name": signal_name, "options": options},
+              "data": data_config.model_dump(), "thresholds": thresholds}
+    run = RunInfo("evaluate", config, {k: {"name": e.name if k != "dataset" else data_config.dataset,
+                                           "plugin": e.plugin, "version": e.version} for k, e in plugins.items()},
+                  experiment=data_config.dataset, tracking=track, run_name=f"evaluate-{signal_name}")
+    with lifecycle(run):
+        outputs, labels = collect_outputs(model, loader)
+        result = sweep(outputs, labels, signal_obj, task.metric,
+                       None if thresholds is None else torch.tensor(thresholds, dtype=torch.float64))
+        call_lifecycle("on_evaluate_end", run=run, results=result)
+    return result

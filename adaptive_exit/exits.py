@@ -1,0 +1,61 @@
+"""The exits' outputs and the exit rule: which exit each sample leaves at, for given signals and thresholds."""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+
+import torch
+
+EXIT_RULES = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
+
+
+@dataclass
+class ExitOutputs:
+    """What every exit said for a batch.
+
+    ``logits``: ``[num_exits, batch, classes]``; ``pooled``: the pooled hidden state each head saw,
+    ``[num_exits, batch, hidden]``. Exit ``i`` (0-based) sits after layer ``i + 1``.
+    """
+
+    logits: torch.Tensor
+    pooled: torch.Tensor
+
+    @property
+    def num_exits(self) -> int:
+        return self.logits.shape[0]
+
+
+def exit_condition(scores: torch.Tensor, threshold: torch.Tensor | float, exit_when: str) -> torch.Tensor:
+    """True where a score meets the threshold under the rule ``exit_when`` ('<', '<=', '>' or '>=')."""
+    return EXIT_RULES[exit_when](scores, threshold)
+
+
+def simulate_exits(scores: torch.Tensor, thresholds: torch.Tensor, exit_when: str) -> torch.Tensor:
+    """The 0-based exit index of every sample for every threshold.
+
+    ``scores`` is ``[num_exits, batch]`` (the last exit's row is never consulted: a sample that meets
+    no threshold before it leaves there); ``thresholds`` is ``[K]``. Returns ``[K, batch]`` (long).
+    A NaN score never triggers an exit.
+    """
+    num_exits, batch = scores.shape
+    thresholds = torch.as_tensor(thresholds, dtype=scores.dtype, device=scores.device).reshape(-1, 1, 1)
+    meets = exit_condition(scores[:-1].detach().unsqueeze(0), thresholds, exit_when)
+    last = torch.ones(meets.shape[0], 1, batch, dtype=torch.bool, device=scores.device)
+    meets = torch.cat([meets, last], dim=1)
+    return meets.to(torch.uint8).argmax(dim=1)
+
+
+def exit_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-exit, per-sample cross-entropy: ``[num_exits, batch, classes]`` and ``[batch]`` give ``[num_exits, batch]``."""
+    num_exits, batch, classes = logits.shape
+    flat = torch.nn.functional.cross_entropy(
+        logits.reshape(num_exits * batch, classes), labels.repeat(num_exits), reduction="none"
+    )
+    return flat.reshape(num_exits, batch)
+
+
+def layer_speedup(exit_index: torch.Tensor, num_exits: int) -> float:
+    """L·N / Σ exit layer, for 0-based exit indices of N samples (Eq. 12 of the COSEE paper)."""
+    layers = exit_index.double() + 1
+    return float(num_exits * layers.numel() / layers.sum())

@@ -1,0 +1,51 @@
+"""What a command tells the lifecycle hooks: the run's description, and its start and end."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from .plugins import call_lifecycle
+
+
+@dataclass
+class RunInfo:
+    """One ``train`` or ``evaluate`` command, as trackers see it.
+
+    ``config`` is the nested run configuration; ``plugins`` maps each chosen plugin kind to
+    ``{"name", "plugin", "version"}``; ``state`` is scratch space for trackers (the MLflow run id).
+    """
+
+    command: str
+    config: dict[str, Any]
+    plugins: dict[str, dict[str, str]]
+    experiment: str
+    tracking: bool = True
+    run_name: str | None = None
+    argv: list[str] = field(default_factory=lambda: list(sys.argv))
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def lifecycle(run: RunInfo, active: bool = True) -> Iterator[dict[str, Any]]:
+    """Call ``on_run_start`` now and ``on_run_end`` with FINISHED, FAILED (an exception) or KILLED (Ctrl-C).
+
+    The yielded dict's ``output_dir`` key, if set, is passed to ``on_run_end``. With ``active`` False
+    (ranks other than 0) no hook is called.
+    """
+    outcome: dict[str, Any] = {"output_dir": None}
+    if not active:
+        yield outcome
+        return
+    call_lifecycle("on_run_start", run=run)
+    try:
+        yield outcome
+    except KeyboardInterrupt:
+        call_lifecycle("on_run_end", run=run, status="KILLED", output_dir=outcome["output_dir"])
+        raise
+    except BaseException:
+        call_lifecycle("on_run_end", run=run, status="FAILED", output_dir=outcome["output_dir"])
+        raise
+    call_lifecycle("on_run_end", run=run, status="FINISHED", output_dir=outcome["output_dir"])

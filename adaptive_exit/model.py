@@ -1,0 +1,123 @@
+"""The multi-exit model: a backbone with one exit head per layer, saved and loaded as a directory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .backbones import Encoder
+from .errors import UsageError
+from .exits import ExitOutputs
+
+MODEL_CONFIG = "adaptive_exit.json"
+WEIGHTS = "model.safetensors"
+SIGNAL_WEIGHTS = "signal.safetensors"
+BACKBONE_DIR = "backbone"
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """One vector per sample: the mean over real tokens ('mean') or the first token ('cls')."""
+    if pooling == "cls":
+        return hidden[:, 0]
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+
+class ExitHead(torch.nn.Module):
+    """Dropout and a linear classifier over a pooled hidden state."""
+
+    def __init__(self, hidden_size: int, num_labels: int, dropout: float):
+        super().__init__()
+        self.dropout = torch.nn.Dropout(dropout)
+        self.classifier = torch.nn.Linear(hidden_size, num_labels)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.dropout(pooled))
+
+
+class MultiExitModel(torch.nn.Module):
+    """A backbone with an exit head after every layer; the last layer's head is the final classifier.
+
+    ``config`` is a plain dict saved beside the weights: backbone type and source, number of layers,
+    labels, pooling, dropout, and the signal, weighting and dataset it was trained with.
+    """
+
+    def __init__(self, encoder: Encoder, config: dict[str, Any]):
+        super().__init__()
+        self.encoder = encoder
+        self.config = dict(config)
+        self.config["num_layers"] = encoder.num_layers
+        self.pooling = config["pooling"]
+        self.heads = torch.nn.ModuleList(
+            ExitHead(encoder.hidden_size, config["num_labels"], config["dropout"]) for _ in range(encoder.num_layers)
+        )
+
+    @property
+    def num_exits(self) -> int:
+        return len(self.heads)
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.encoder.tokenizer
+
+    def exit_output(self, index: int, hidden: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pooled state and logits of exit ``index`` for hidden states after its layer."""
+        pooled = pool(hidden, attention_mask, self.pooling)
+        return pooled, self.heads[index](pooled)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None) -> ExitOutputs:
+        """All exits for every sample (training and evaluation sweeps)."""
+        hidden = self.encoder.embed(input_ids, token_type_ids)
+        mask = self.encoder.layer_mask(attention_mask, hidden.dtype)
+        pooled_all, logits_all = [], []
+        for index in range(self.num_exits):
+            hidden = self.encoder.run_layer(index, hidden, mask)
+            pooled, logits = self.exit_output(index, hidden, attention_mask)
+            pooled_all.append(pooled)
+            logits_all.append(logits)
+        return ExitOutputs(logits=torch.stack(logits_all), pooled=torch.stack(pooled_all))
+
+    def save_pretrained(self, directory: str | Path, signal: torch.nn.Module | None = None) -> Path:
+        """Write config, weights, backbone files and (if it has parameters) the signal's weights."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.encoder.save(directory / BACKBONE_DIR)
+        state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+        save_file(state, str(directory / WEIGHTS))
+        if signal is not None and len(signal.state_dict()) > 0:
+            save_file({k: v.contiguous() for k, v in signal.state_dict().items()}, str(directory / SIGNAL_WEIGHTS))
+        (directory / MODEL_CONFIG).write_text(json.dumps(self.config, indent=2, sort_keys=True) + "\n")
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> "MultiExitModel":
+        """Load a model directory written by ``save_pretrained``."""
+        from safetensors.torch import load_file
+
+        from .plugins import lookup
+
+        directory = Path(directory)
+        config_path = directory / MODEL_CONFIG
+        if not config_path.is_file():
+            raise UsageError(f"'{directory}' is not a model directory (no {MODEL_CONFIG}); pass the --output-dir of a train run")
+        config = json.loads(config_path.read_text())
+        backbone = lookup("backbones", config["backbone_type"]).cls()
+        model = cls(backbone.load_saved(directory / BACKBONE_DIR), config)
+        model.load_state_dict(load_file(str(directory / WEIGHTS)))
+        model.eval()
+        return model
+
+
+def load_signal_weights(signal: torch.nn.Module, directory: str | Path) -> None:
+    """Load a signal's trained parameters from a model directory, if it saved any."""
+    from safetensors.torch import load_file
+
+    path = Path(directory) / SIGNAL_WEIGHTS
+    if path.is_file() and len(signal.state_dict()) > 0:
+        signal.load_state_dict(load_file(str(path)))

@@ -1,0 +1,120 @@
+"""Exit signals: the base class plugins subclass, and the built-ins (entropy, maxprob, energy)."""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from .exits import ExitOutputs
+from .hookspecs import hookimpl
+
+
+class NoOptions(BaseModel):
+    """A plugin without options."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class TemperatureOptions(BaseModel):
+    """Options of the softmax-based signals."""
+
+    model_config = ConfigDict(extra="forbid")
+    temperature: float = Field(1.0, gt=0, description="softmax temperature T applied to the logits")
+
+
+class Signal(torch.nn.Module):
+    """An exit signal: a score per exit and sample, and the rule that turns a score into an exit.
+
+    Subclasses set ``name``, ``exit_when`` (exit when the score is '<', '<=', '>' or '>=' the
+    threshold), ``bounds`` (the score's range, used where no data says otherwise) and ``Options``
+    (a pydantic model; each field becomes a command-line flag), and implement ``score``.
+
+    A signal may read every exit up to the current one (``score`` must be causal: the score of exit
+    ``i`` depends only on exits ``0..i``), may hold trainable parameters (it is a ``torch.nn.Module``)
+    and may add its own training loss by overriding ``loss``.
+    """
+
+    name: ClassVar[str] = ""
+    exit_when: ClassVar[str] = "<"
+    bounds: ClassVar[tuple[float, float]] = (0.0, 1.0)
+    Options: ClassVar[type[BaseModel]] = NoOptions
+
+    def __init__(self, options: BaseModel | None = None, *, num_exits: int, hidden_size: int, num_labels: int):
+        super().__init__()
+        self.options = options if options is not None else self.Options()
+        self.num_exits = num_exits
+        self.hidden_size = hidden_size
+        self.num_labels = num_labels
+
+    def score(self, outputs: ExitOutputs) -> torch.Tensor:
+        """The score of every exit for every sample: ``[num_exits, batch]``, finite for finite logits."""
+        raise NotImplementedError
+
+    def loss(self, outputs: ExitOutputs, labels: torch.Tensor) -> torch.Tensor | None:
+        """An extra training loss for the signal's own parameters, or ``None``."""
+        return None
+
+    def thresholds(self, scores: torch.Tensor, count: int = 200) -> torch.Tensor:
+        """A threshold grid for the evaluation sweep, spanning 'no early exit' to 'all exit at the first exit'.
+
+        ``scores`` are this signal's scores on the evaluation data, ``[num_exits, N]``. The default uses
+        quantiles of the internal exits' scores plus a value past each end.
+        """
+        internal = scores[:-1].flatten().double()
+        internal = internal[torch.isfinite(internal)]
+        if internal.numel() == 0:
+            return torch.tensor(self.bounds, dtype=torch.float64)
+        grid = torch.quantile(internal, torch.linspace(0, 1, count, dtype=torch.float64))
+        span = float(internal.max() - internal.min()) or 1.0
+        ends = torch.tensor([float(internal.min()) - 0.01 * span, float(internal.max()) + 0.01 * span],
+                            dtype=torch.float64)
+        return torch.unique(torch.cat([ends, grid]))
+
+
+def _probabilities(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    return torch.softmax(logits.float() / temperature, dim=-1)
+
+
+class Entropy(Signal):
+    """Normalized entropy of the exit's softmax, in [0, 1]: exit when it is below the threshold."""
+
+    name = "entropy"
+    exit_when = "<"
+    Options = TemperatureOptions
+
+    def score(self, outputs: ExitOutputs) -> torch.Tensor:
+        log_p = torch.log_softmax(outputs.logits.float() / self.options.temperature, dim=-1)
+        entropy = -(log_p.exp() * log_p).sum(-1)
+        return (entropy / math.log(outputs.logits.shape[-1])).clamp(0.0, 1.0)
+
+
+class MaxProb(Signal):
+    """Largest softmax probability (the 'softmax score'): exit when it is above the threshold."""
+
+    name = "maxprob"
+    exit_when = ">"
+    Options = TemperatureOptions
+
+    def score(self, outputs: ExitOutputs) -> torch.Tensor:
+        return _probabilities(outputs.logits, self.options.temperature).max(-1).values
+
+
+class Energy(Signal):
+    """Normalized energy sigmoid(-T·logsumexp(z/T)), in (0, 1): exit when it is below the threshold."""
+
+    name = "energy"
+    exit_when = "<"
+    Options = TemperatureOptions
+
+    def score(self, outputs: ExitOutputs) -> torch.Tensor:
+        temperature = self.options.temperature
+        return torch.sigmoid(-temperature * torch.logsumexp(outputs.logits.float() / temperature, dim=-1))
+
+
+@hookimpl
+def register_signals(register):
+    for cls in (Entropy, MaxProb, Energy):
+        register(cls)

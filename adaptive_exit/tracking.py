@@ -1,0 +1,153 @@
+"""The built-in MLflow tracker: a plugin on the lifecycle hooks."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import flatten
+from .hookspecs import hookimpl
+
+RUN_ID = "mlflow_run_id"
+
+
+def _client_and_run(run: Any) -> tuple[Any, str] | None:
+    if not run.tracking or RUN_ID not in run.state:
+        return None
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(), run.state[RUN_ID]
+
+
+def _log_metrics(client: Any, run_id: str, values: list[tuple[str, float, int]]) -> None:
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    metrics = [Metric(key, float(value), now, step) for key, value, step in values if value is not None]
+    for start in range(0, len(metrics), 1000):
+        client.log_batch(run_id, metrics=metrics[start:start + 1000])
+
+
+def _git_commit() -> str | None:
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).resolve().parent)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+@hookimpl
+def on_run_start(run: Any) -> None:
+    if not run.tracking:
+        return
+    import mlflow
+
+    mlflow.set_experiment(run.experiment)
+    active = mlflow.start_run(run_name=run.run_name)
+    run.state[RUN_ID] = active.info.run_id
+    params = {key: value for key, value in flatten(run.config).items()}
+    for kind, chosen in run.plugins.items():
+        params[f"plugin.{kind}"] = f"{chosen['name']} ({chosen['plugin']} {chosen['version']})"
+    mlflow.log_params({key: ("" if value is None else value) for key, value in params.items()})
+    tags = {"adaptive_exit.command": run.command, "adaptive_exit.argv": " ".join(run.argv)}
+    commit = _git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    mlflow.set_tags(tags)
+
+
+@hookimpl
+def on_step_end(run: Any, step: int, logs: dict[str, float]) -> None:
+    found = _client_and_run(run)
+    if found:
+        _log_metrics(*found, [(key, value, step) for key, value in logs.items() if key != "epoch"])
+
+
+def _sweep_files(results: Any, directory: Path) -> list[Path]:
+    data = results.to_dict()
+    json_path = directory / "sweep.json"
+    json_path.write_text(json.dumps(data, indent=2))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    num_exits = len(results.per_exit_metric)
+    writer.writerow(["threshold", "speedup", results.metric_name, *[f"exit_{i + 1}" for i in range(num_exits)]])
+    for point in results.curve:
+        writer.writerow([point.threshold, point.speedup, point.metric, *point.exit_counts])
+    csv_path = directory / "sweep.csv"
+    csv_path.write_text(buffer.getvalue())
+    return [json_path, csv_path, plot_curve(results, directory / "curve.png")]
+
+
+def plot_curve(results: Any, path: Path) -> Path:
+    """The metric / layer speed-up curve as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = sorted(results.curve, key=lambda p: p.speedup)
+    figure, axis = plt.subplots(figsize=(6, 4))
+    axis.plot([p.speedup for p in points], [p.metric for p in points], marker=".", label=results.signal)
+    axis.set_xlabel("layer speed-up (L·N / Σ exit layer)")
+    axis.set_ylabel(results.metric_name)
+    axis.set_title(f"{results.metric_name} vs layer speed-up (AUC {results.auc:.4f})")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+@hookimpl
+def on_evaluate_end(run: Any, results: Any) -> None:
+    found = _client_and_run(run)
+    if not found:
+        return
+    client, run_id = found
+    name = results.metric_name
+    if results.epoch is not None:
+        values = [(f"exit_{i + 1}_{name}", m, results.epoch) for i, m in enumerate(results.per_exit_metric)]
+        _log_metrics(client, run_id, values + [("auc", results.auc, results.epoch)])
+        return
+    values = []
+    for index, point in enumerate(sorted(results.curve, key=lambda p: p.speedup)):
+        values += [("curve_threshold", point.threshold, index), ("curve_speedup", point.speedup, index),
+                   (f"curve_{name}", point.metric, index)]
+    if run.command != "train":  # training logged these per epoch already
+        values += [(f"exit_{i + 1}_{name}", m, 0) for i, m in enumerate(results.per_exit_metric)]
+    values += [("auc", results.auc, 0)] + [(f"{name}_at_{k}x", v, 0) for k, v in results.metric_at.items()]
+    _log_metrics(client, run_id, values)
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in _sweep_files(results, Path(tmp)):
+            client.log_artifact(run_id, str(path))
+
+
+@hookimpl
+def on_run_end(run: Any, status: str, output_dir: str | None) -> None:
+    found = _client_and_run(run)
+    if not found:
+        return
+    import mlflow
+
+    client, run_id = found
+    with tempfile.TemporaryDirectory() as tmp:
+        config_path = Path(tmp) / "config.yaml"
+        config_path.write_text(yaml.safe_dump(run.config, sort_keys=False))
+        client.log_artifact(run_id, str(config_path))
+    if output_dir:
+        client.set_tag(run_id, "adaptive_exit.output_dir", str(Path(output_dir).resolve()))
+    if mlflow.active_run() is not None and mlflow.active_run().info.run_id == run_id:
+        mlflow.end_run(status=status)
+    else:
+        client.set_terminated(run_id, status=status)

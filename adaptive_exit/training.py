@@ -1,0 +1,202 @@
+"""The training loop: data, model, optimizer, the weighting's loss each step, evaluation, saving."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .config import RunConfig, validate_options
+from .data import load_task, make_loader, tokenize
+from .errors import UsageError
+from .evaluation import EvaluationResult, collect_outputs, sweep
+from .lifecycle import RunInfo, lifecycle
+from .model import MultiExitModel
+from .plugins import call_lifecycle, create, lookup
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy and torch."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class Distributed:
+    """This process's place under ``torchrun`` (rank 0 of 1 without it)."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            torch.distributed.barrier()
+
+
+def setup_distributed() -> Distributed:
+    """Join the process group when launched by ``torchrun`` (gloo on CPU, NCCL on GPUs)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    if world_size > 1 and not torch.distributed.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    rank = torch.distributed.get_rank() if world_size > 1 else 0
+    return Distributed(rank, world_size, device)
+
+
+def default_output_dir(config: RunConfig) -> str:
+    """outputs/<dataset>-<weighting>-<signal>-<timestamp>."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    name = f"{config.data.dataset}-{config.weighting.name}-{config.signal.name}-{stamp}"
+    return str(Path("outputs") / re.sub(r"[^A-Za-z0-9_.-]+", "_", name))
+
+
+def chosen_plugins(config: RunConfig) -> dict[str, dict[str, str]]:
+    """Name, providing plugin and version of the signal, weighting, backbone and dataset in the config."""
+    chosen = {"signal": ("signals", config.signal.name), "weighting": ("weightings", config.weighting.name),
+              "backbone": ("backbones", config.model.backbone_type), "dataset": ("datasets", config.data.dataset)}
+    described = {}
+    for key, (kind, name) in chosen.items():
+        entry = lookup(kind, name)
+        described[key] = {"name": name, "plugin": entry.plugin, "version": entry.version}
+    return described
+
+
+def _optimizer(model: MultiExitModel, signal: torch.nn.Module, config: RunConfig) -> torch.optim.Optimizer:
+    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
+    groups = []
+    for params, lr in ((model.encoder.named_parameters(), config.train.lr),
+                       ([*model.heads.named_parameters(), *signal.named_parameters()], config.train.head_lr)):
+        params = list(params)
+        groups.append({"params": [p for n, p in params if not n.endswith(no_decay)], "lr": lr,
+                       "weight_decay": config.train.weight_decay})
+        groups.append({"params": [p for n, p in params if n.endswith(no_decay)], "lr": lr, "weight_decay": 0.0})
+    return torch.optim.AdamW([g for g in groups if g["params"]])
+
+
+class _Trainable(torch.nn.Module):
+    """Model and signal as one module, so DDP synchronises the signal's parameters too."""
+
+    def __init__(self, model: MultiExitModel, signal: torch.nn.Module):
+        super().__init__()
+        self.model = model
+        self.signal = signal
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> Any:
+        return self.model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+
+
+def model_config(config: RunConfig, task: Any, num_labels: int) -> dict[str, Any]:
+    """The dict saved with the model: what it is, and what it was trained with."""
+    return {
+        "backbone_type": config.model.backbone_type, "backbone": config.model.backbone,
+        "num_labels": num_labels, "label_names": task.label_names, "pooling": config.model.pooling,
+        "dropout": config.model.dropout, "signal": config.signal.model_dump(),
+        "weighting": config.weighting.model_dump(), "dataset": config.data.dataset,
+        "text_fields": list(task.text_fields), "metric": task.metric, "run": config.model_dump(),
+    }
+
+
+def train(config: RunConfig) -> tuple[EvaluationResult | None, str | None]:
+    """Train, evaluate and save one model; returns the final evaluation and the output directory (rank 0)."""
+    dist = setup_distributed()
+    output_dir = config.output_dir or default_output_dir(config)
+    if Path(output_dir).exists() and any(Path(output_dir).iterdir()):
+        raise UsageError(f"output directory '{output_dir}' exists and is not empty; pass another --output-dir")
+    plugins = chosen_plugins(config)
+    for kind, choice in (("signals", config.signal), ("weightings", config.weighting)):
+        validate_options(lookup(kind, choice.name).cls.Options, choice.options, f"{kind[:-1]}.options")
+    set_seed(config.train.seed)
+
+    if dist.main:
+        task = load_task(config.data)
+    dist.barrier()
+    if not dist.main:
+        task = load_task(config.data)
+    backbone = lookup("backbones", config.model.backbone_type).cls()
+    encoder = backbone.load(config.model.backbone, config.model.num_layers)
+    num_labels = len(task.label_names)
+    model = MultiExitModel(encoder, model_config(config, task, num_labels)).to(dist.device)
+    signal = create("signals", config.signal.name, config.signal.options, num_exits=model.num_exits,
+                    hidden_size=encoder.hidden_size, num_labels=num_labels).to(dist.device)
+    tokenized = tokenize(task, encoder.tokenizer, config.data.max_length)
+    sampler = (torch.utils.data.distributed.DistributedSampler(tokenized["train"], seed=config.train.seed)
+               if dist.world_size > 1 else None)
+    train_loader = make_loader(tokenized["train"], encoder.tokenizer, config.train.batch_size, shuffle=True,
+                               seed=config.train.seed, sampler=sampler)
+    eval_loader = make_loader(tokenized[config.data.eval_split], encoder.tokenizer, 64)
+    total_steps = len(train_loader) * config.train.epochs
+    weighting = create("weightings", config.weighting.name, config.weighting.options, signal=signal,
+                       num_exits=model.num_exits, total_steps=total_steps)
+
+    trainable = _Trainable(model, signal)
+    wrapped = torch.nn.parallel.DistributedDataParallel(trainable) if dist.world_size > 1 else trainable
+    optimizer = _optimizer(model, signal, config)
+    from transformers import get_linear_schedule_with_warmup
+
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(config.train.warmup_ratio * total_steps), total_steps)
+    experiment = config.tracking.experiment or config.data.dataset
+    run = RunInfo("train", config.model_dump(), plugins, experiment, config.tracking.enabled,
+                  run_name=f"{config.weighting.name}-{config.signal.name}")
+    result = None
+    with lifecycle(run, active=dist.main) as outcome:
+        step = 0
+        for epoch in range(config.train.epochs):
+            if sampler is not None:
+                sampler.set_epoch(epoch)
+            weighting.start_epoch(model, epoch)
+            wrapped.train()
+            bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{config.train.epochs}", disable=not dist.main,
+                       mininterval=1.0, dynamic_ncols=True)
+            for batch in bar:
+                batch = {k: v.to(dist.device) for k, v in batch.items()}
+                outputs = wrapped(batch)
+                loss = weighting.loss(outputs, batch["labels"], step)
+                total = loss.total
+                logs = dict(loss.logs)
+                signal_loss = signal.loss(outputs, batch["labels"])
+                if signal_loss is not None:
+                    total = total + signal_loss
+                    logs["signal_loss"] = float(signal_loss)
+                optimizer.zero_grad(set_to_none=True)
+                total.backward()
+                torch.nn.utils.clip_grad_norm_(trainable.parameters(), config.train.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                logs.update(loss=float(total.detach()), lr=scheduler.get_last_lr()[0], epoch=epoch + 1)
+                bar.set_postfix(loss=f"{logs['loss']:.4f}", refresh=False)
+                if dist.main:
+                    call_lifecycle("on_step_end", run=run, step=step, logs=logs)
+            weighting.end_epoch(epoch)
+            if dist.main:
+                signal.eval()
+                outs, labels = collect_outputs(model, eval_loader, dist.device)
+                result = sweep(outs, labels, signal, task.metric)
+                result.epoch = epoch + 1
+                call_lifecycle("on_evaluate_end", run=run, results=result)
+            dist.barrier()
+        if dist.main:
+            result.epoch = None
+            call_lifecycle("on_evaluate_end", run=run, results=result)
+            model.save_pretrained(output_dir, signal=signal)
+            outcome["output_dir"] = output_dir
+    if dist.world_size > 1:
+        torch.distributed.destroy_process_group()
+    return result, (output_dir if dist.main else None)

@@ -1,0 +1,64 @@
+"""Training weighting schemes: the base class plugins subclass, and the built-in uniform average."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from pydantic import BaseModel
+
+from .exits import ExitOutputs, exit_cross_entropy
+from .hookspecs import hookimpl
+from .signals import NoOptions, Signal
+
+
+@dataclass
+class WeightingLoss:
+    """A training loss and the named terms worth logging beside it (plain floats)."""
+
+    total: torch.Tensor
+    logs: dict[str, float] = field(default_factory=dict)
+
+
+class Weighting:
+    """A training objective over all exits, possibly stateful.
+
+    Subclasses set ``name`` and ``Options`` (a pydantic model; each field becomes a command-line
+    flag) and implement ``loss``. ``start_epoch`` may freeze or unfreeze parameters for training
+    stages; ``loss`` receives the optimizer step so it can follow schedules or alternate objectives;
+    ``end_epoch`` may update statistics gathered during the epoch.
+    """
+
+    name: ClassVar[str] = ""
+    Options: ClassVar[type[BaseModel]] = NoOptions
+
+    def __init__(self, options: BaseModel | None = None, *, signal: Signal, num_exits: int, total_steps: int):
+        self.options = options if options is not None else self.Options()
+        self.signal = signal
+        self.num_exits = num_exits
+        self.total_steps = total_steps
+
+    def start_epoch(self, model: torch.nn.Module, epoch: int) -> None:
+        """Called before each epoch (0-based) with the unwrapped ``MultiExitModel``."""
+
+    def loss(self, outputs: ExitOutputs, labels: torch.Tensor, step: int) -> WeightingLoss:
+        """The loss for one batch; ``step`` is the number of optimizer steps taken so far."""
+        raise NotImplementedError
+
+    def end_epoch(self, epoch: int) -> None:
+        """Called after each epoch (0-based)."""
+
+
+class Uniform(Weighting):
+    """The mean of every exit's cross-entropy (plain joint training)."""
+
+    name = "uniform"
+
+    def loss(self, outputs: ExitOutputs, labels: torch.Tensor, step: int) -> WeightingLoss:
+        return WeightingLoss(exit_cross_entropy(outputs.logits, labels).mean())
+
+
+@hookimpl
+def register_weightings(register):
+    register(Uniform)

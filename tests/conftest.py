@@ -1,0 +1,54 @@
+"""Shared fixtures: a private data cache and MLflow store per test session, and a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--num-layers", "2", "--max-length", "32", "--epochs", "1", "--batch-size", "16"]
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data cache shared by the session's tests (the real data is fetched into it once)."""
+    return Path(os.environ.get("ADAPTIVE_EXIT_TEST_CACHE") or tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture
+def env(cache_dir: Path, tmp_path: Path) -> dict[str, str]:
+    """Environment for a CLI subprocess: private cache, MLflow store in the test's directory, no hub."""
+    return {**os.environ, "ADAPTIVE_EXIT_CACHE": str(cache_dir),
+            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+@pytest.fixture
+def cli(env: dict[str, str], tmp_path: Path):
+    """Run ``adaptive-exit ARGS`` in a real subprocess in the test's directory."""
+
+    def run(*args: str, extra_env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "adaptive_exit", *args], cwd=tmp_path, capture_output=True,
+                              text=True, env={**env, **(extra_env or {})}, timeout=timeout)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def trained_model(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny real model (MiniLM cut to 2 layers) trained briefly with COSEE on movie-reviews, saved.
+
+    Its MLflow store is ``mlflow.db`` beside the model directory."""
+    workdir = tmp_path_factory.mktemp("trained")
+    env = {**os.environ, "ADAPTIVE_EXIT_CACHE": str(cache_dir), "HF_HUB_OFFLINE": "1",
+           "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}"}
+    done = subprocess.run([sys.executable, "-m", "adaptive_exit", "train", *TINY, "--weighting", "cosee",
+                           "--signal", "entropy", "--max-train-samples", "64", "--max-eval-samples", "48",
+                           "--output-dir", str(workdir / "model")], cwd=workdir, capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return workdir / "model"

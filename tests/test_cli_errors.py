@@ -1,0 +1,77 @@
+"""Bad input gives one line on stderr, exit code 2 and no traceback (real subprocesses)."""
+
+import pytest
+
+
+def assert_usage_error(done, *fragments):
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert lines and lines[-1].startswith("adaptive-exit: error:"), done.stderr[-2000:]
+    error = [line for line in lines if line.startswith("adaptive-exit: error:")]
+    assert len(error) == 1
+    for fragment in fragments:
+        assert fragment in error[0], error[0]
+
+
+@pytest.fixture
+def csv_file(tmp_path):
+    path = tmp_path / "reviews.csv"
+    path.write_text("text,sentiment\ngreat film,pos\nawful film,neg\nfine,pos\n")
+    return path
+
+
+def test_unknown_signal_lists_available(cli):
+    assert_usage_error(cli("train", "--signal", "nope"), "unknown signal 'nope'", "entropy", "energy", "maxprob")
+
+
+def test_unknown_weighting(cli):
+    assert_usage_error(cli("train", "--weighting", "nope"), "unknown weighting 'nope'", "cosee", "uniform")
+
+
+def test_unknown_dataset(cli):
+    assert_usage_error(cli("train", "--dataset", "nope"), "unknown dataset 'nope'", "movie-reviews", "snli")
+
+
+def test_invalid_flag_value_names_the_field(cli):
+    assert_usage_error(cli("train", "--lr", "-1"), "train.lr", "greater than 0")
+
+
+def test_invalid_yaml_value_names_the_field(cli, tmp_path):
+    (tmp_path / "run.yaml").write_text("train:\n  epochs: zero\n")
+    assert_usage_error(cli("train", "--config", "run.yaml"), "train.epochs")
+
+
+def test_unknown_yaml_field(cli, tmp_path):
+    (tmp_path / "run.yaml").write_text("model:\n  layers: 3\n")
+    assert_usage_error(cli("train", "--config", "run.yaml"), "model.layers", "unknown field")
+
+
+def test_invalid_plugin_option_names_the_field(cli):
+    assert_usage_error(cli("train", "--weighting", "cosee", "--beta0", "much"), "weighting.options.beta0")
+
+
+def test_option_of_another_plugin(cli):
+    assert_usage_error(cli("train", "--weighting", "uniform", "--beta0", "1"), "--beta0", "cosee")
+
+
+def test_missing_data_file(cli):
+    assert_usage_error(cli("train", "--dataset", "csv", "--train-file", "missing.csv"), "missing.csv", "does not exist")
+
+
+def test_missing_label_column(cli, csv_file):
+    assert_usage_error(cli("train", "--dataset", "csv", "--train-file", str(csv_file)), "'label'", "sentiment")
+
+
+def test_unreachable_model_hub(cli, csv_file):
+    done = cli("train", "--dataset", "csv", "--train-file", str(csv_file), "--label-column", "sentiment",
+               "--backbone", "some-org/some-encoder", "--no-track")
+    assert_usage_error(done, "could not load backbone 'some-org/some-encoder'", "minilm-l6")
+
+
+def test_unreachable_dataset_hub(cli):
+    assert_usage_error(cli("train", "--dataset", "glue/sst2", "--no-track"), "glue/sst2", "dataset hub")
+
+
+def test_missing_model_dir(cli):
+    assert_usage_error(cli("evaluate", "no-such-dir"), "not a model directory")
