@@ -52,17 +52,19 @@ def _add_plugin_option_flags(parser: argparse.ArgumentParser, reserved: set[str]
                                help=help_text)
 
 
-def _add_config_flags(parser: argparse.ArgumentParser) -> set[str]:
+def _dests(parser: argparse.ArgumentParser) -> set[str]:
+    """Field names the parser's own flags already use (a plugin option must not reuse one)."""
+    return {action.dest.rsplit(".", 1)[-1] for action in parser._actions}
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     from .config import DataConfig, ModelConfig, TrainConfig
 
-    reserved = set()
     for section, model in zip(CONFIG_SECTIONS, (ModelConfig, DataConfig, TrainConfig)):
         group = parser.add_argument_group(f"{section} (config section '{section}:')")
         for field, info in model.model_fields.items():
-            reserved.add(field)
             group.add_argument(_flag(field), dest=f"{section}.{field}", default=argparse.SUPPRESS, metavar="VALUE",
                                help=f"{info.description} (default: {info.default})")
-    return reserved
 
 
 def _route_options(args: dict[str, Any], config: dict[str, Any]) -> None:
@@ -91,8 +93,9 @@ def build_run_config(args: argparse.Namespace) -> Any:
     from .config import RunConfig, build_config, deep_merge, read_yaml
 
     values = vars(args)
-    config = RunConfig().model_dump() if not values.get("config") else deep_merge(
-        RunConfig().model_dump(), read_yaml(values["config"]))
+    config = RunConfig().model_dump()
+    if values.get("config"):
+        config = build_config(deep_merge(config, read_yaml(values["config"]))).model_dump()
     for key, value in values.items():
         if "." in key:
             section, field = key.split(".", 1)
@@ -170,9 +173,9 @@ def make_parser(argv: list[str]) -> argparse.ArgumentParser:
     train.add_argument("--output-dir", help="where to save the model (default: outputs/<dataset>-<weighting>-<signal>-<time>)")
     train.add_argument("--experiment", help="MLflow experiment (default: the dataset name)")
     train.add_argument("--no-track", action="store_true", help="do not log to MLflow")
-    reserved = _add_config_flags(train) | {"signal", "weighting", "output_dir", "experiment", "config", "no_track"}
+    _add_config_flags(train)
     if command == "train":
-        _add_plugin_option_flags(train, reserved, ("signals", "weightings"))
+        _add_plugin_option_flags(train, _dests(train), ("signals", "weightings"))
     train.set_defaults(func=cmd_train)
 
     evaluate = sub.add_parser("evaluate", help="threshold sweep of a saved model",
@@ -189,7 +192,7 @@ def make_parser(argv: list[str]) -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print the results as JSON")
     evaluate.add_argument("--no-track", action="store_true", help="do not log to MLflow")
     if command == "evaluate":
-        _add_plugin_option_flags(evaluate, {"signal", "dataset", "split", "thresholds", "json"}, ("signals",))
+        _add_plugin_option_flags(evaluate, _dests(evaluate), ("signals",))
     evaluate.set_defaults(func=cmd_evaluate)
 
     plugins = sub.add_parser("plugins", help="list signals, weightings, backbones and datasets with their plugins")

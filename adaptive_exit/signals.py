@@ -74,8 +74,9 @@ class Signal(torch.nn.Module):
         return torch.unique(torch.cat([ends, grid]))
 
 
-def _probabilities(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    return torch.softmax(logits.float() / temperature, dim=-1)
+def _scaled(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Logits divided by the temperature in float64, so that no finite logit overflows."""
+    return logits.double() / temperature
 
 
 class Entropy(Signal):
@@ -86,9 +87,10 @@ class Entropy(Signal):
     Options = TemperatureOptions
 
     def score(self, outputs: ExitOutputs) -> torch.Tensor:
-        log_p = torch.log_softmax(outputs.logits.float() / self.options.temperature, dim=-1)
-        entropy = -(log_p.exp() * log_p).sum(-1)
-        return (entropy / math.log(outputs.logits.shape[-1])).clamp(0.0, 1.0)
+        log_p = torch.log_softmax(_scaled(outputs.logits, self.options.temperature), dim=-1)
+        p = log_p.exp()
+        entropy = -(p * torch.where(p > 0, log_p, torch.zeros_like(log_p))).sum(-1)
+        return (entropy / math.log(outputs.logits.shape[-1])).clamp(0.0, 1.0).float()
 
 
 class MaxProb(Signal):
@@ -99,7 +101,7 @@ class MaxProb(Signal):
     Options = TemperatureOptions
 
     def score(self, outputs: ExitOutputs) -> torch.Tensor:
-        return _probabilities(outputs.logits, self.options.temperature).max(-1).values
+        return torch.softmax(_scaled(outputs.logits, self.options.temperature), dim=-1).max(-1).values.float()
 
 
 class Energy(Signal):
@@ -111,7 +113,8 @@ class Energy(Signal):
 
     def score(self, outputs: ExitOutputs) -> torch.Tensor:
         temperature = self.options.temperature
-        return torch.sigmoid(-temperature * torch.logsumexp(outputs.logits.float() / temperature, dim=-1))
+        energy = -temperature * torch.logsumexp(_scaled(outputs.logits, temperature), dim=-1)
+        return torch.sigmoid(energy).float()
 
 
 @hookimpl

@@ -113,6 +113,16 @@ def model_config(config: RunConfig, task: Any, num_labels: int) -> dict[str, Any
     }
 
 
+def resolve_options(config: RunConfig) -> RunConfig:
+    """The config with the chosen signal's and weighting's options validated and filled with their defaults."""
+    resolved = {}
+    for key, kind in (("signal", "signals"), ("weighting", "weightings")):
+        choice = getattr(config, key)
+        options = validate_options(lookup(kind, choice.name).cls.Options, choice.options, f"{key}.options")
+        resolved[key] = choice.model_copy(update={"options": options.model_dump()})
+    return config.model_copy(update=resolved)
+
+
 def train(config: RunConfig) -> tuple[EvaluationResult | None, str | None]:
     """Train, evaluate and save one model; returns the final evaluation and the output directory (rank 0)."""
     dist = setup_distributed()
@@ -120,42 +130,42 @@ def train(config: RunConfig) -> tuple[EvaluationResult | None, str | None]:
     if Path(output_dir).exists() and any(Path(output_dir).iterdir()):
         raise UsageError(f"output directory '{output_dir}' exists and is not empty; pass another --output-dir")
     plugins = chosen_plugins(config)
-    for kind, choice in (("signals", config.signal), ("weightings", config.weighting)):
-        validate_options(lookup(kind, choice.name).cls.Options, choice.options, f"{kind[:-1]}.options")
+    config = resolve_options(config)
     set_seed(config.train.seed)
-
-    if dist.main:
-        task = load_task(config.data)
-    dist.barrier()
-    if not dist.main:
-        task = load_task(config.data)
-    backbone = lookup("backbones", config.model.backbone_type).cls()
-    encoder = backbone.load(config.model.backbone, config.model.num_layers)
-    num_labels = len(task.label_names)
-    model = MultiExitModel(encoder, model_config(config, task, num_labels)).to(dist.device)
-    signal = create("signals", config.signal.name, config.signal.options, num_exits=model.num_exits,
-                    hidden_size=encoder.hidden_size, num_labels=num_labels).to(dist.device)
-    tokenized = tokenize(task, encoder.tokenizer, config.data.max_length)
-    sampler = (torch.utils.data.distributed.DistributedSampler(tokenized["train"], seed=config.train.seed)
-               if dist.world_size > 1 else None)
-    train_loader = make_loader(tokenized["train"], encoder.tokenizer, config.train.batch_size, shuffle=True,
-                               seed=config.train.seed, sampler=sampler)
-    eval_loader = make_loader(tokenized[config.data.eval_split], encoder.tokenizer, 64)
-    total_steps = len(train_loader) * config.train.epochs
-    weighting = create("weightings", config.weighting.name, config.weighting.options, signal=signal,
-                       num_exits=model.num_exits, total_steps=total_steps)
-
-    trainable = _Trainable(model, signal)
-    wrapped = torch.nn.parallel.DistributedDataParallel(trainable) if dist.world_size > 1 else trainable
-    optimizer = _optimizer(model, signal, config)
-    from transformers import get_linear_schedule_with_warmup
-
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(config.train.warmup_ratio * total_steps), total_steps)
-    experiment = config.tracking.experiment or config.data.dataset
-    run = RunInfo("train", config.model_dump(), plugins, experiment, config.tracking.enabled,
-                  run_name=f"{config.weighting.name}-{config.signal.name}")
-    result = None
+    run = RunInfo("train", config.model_dump(), plugins, config.tracking.experiment or config.data.dataset,
+                  config.tracking.enabled, run_name=f"{config.weighting.name}-{config.signal.name}")
     with lifecycle(run, active=dist.main) as outcome:
+        if dist.main:
+            task = load_task(config.data)
+        dist.barrier()
+        if not dist.main:
+            task = load_task(config.data)
+        encoder = lookup("backbones", config.model.backbone_type).cls().load(config.model.backbone,
+                                                                             config.model.num_layers)
+        num_labels = len(task.label_names)
+        model = MultiExitModel(encoder, model_config(config, task, num_labels)).to(dist.device)
+        signal = create("signals", config.signal.name, config.signal.options, num_exits=model.num_exits,
+                        hidden_size=encoder.hidden_size, num_labels=num_labels).to(dist.device)
+        eval_split = config.data.eval_split
+        tokenized = tokenize(task, encoder.tokenizer, config.data.max_length, ("train", eval_split))
+        sampler = (torch.utils.data.distributed.DistributedSampler(tokenized["train"], seed=config.train.seed)
+                   if dist.world_size > 1 else None)
+        train_loader = make_loader(tokenized["train"], encoder.tokenizer, config.train.batch_size, shuffle=True,
+                                   seed=config.train.seed, sampler=sampler)
+        eval_loader = make_loader(tokenized[eval_split], encoder.tokenizer, 64)
+        total_steps = len(train_loader) * config.train.epochs
+        weighting = create("weightings", config.weighting.name, config.weighting.options, signal=signal,
+                           num_exits=model.num_exits, total_steps=total_steps)
+        trainable = _Trainable(model, signal)
+        # weightings may freeze parameters for a stage, so some parameters can get no gradient in a step
+        wrapped = (torch.nn.parallel.DistributedDataParallel(trainable, find_unused_parameters=True)
+                   if dist.world_size > 1 else trainable)
+        optimizer = _optimizer(model, signal, config)
+        from transformers import get_linear_schedule_with_warmup
+
+        scheduler = get_linear_schedule_with_warmup(optimizer, int(config.train.warmup_ratio * total_steps),
+                                                    total_steps)
+        result = None
         step = 0
         for epoch in range(config.train.epochs):
             if sampler is not None:
@@ -173,7 +183,7 @@ def train(config: RunConfig) -> tuple[EvaluationResult | None, str | None]:
                 signal_loss = signal.loss(outputs, batch["labels"])
                 if signal_loss is not None:
                     total = total + signal_loss
-                    logs["signal_loss"] = float(signal_loss)
+                    logs["signal_loss"] = float(signal_loss.detach())
                 optimizer.zero_grad(set_to_none=True)
                 total.backward()
                 torch.nn.utils.clip_grad_norm_(trainable.parameters(), config.train.max_grad_norm)

@@ -15,7 +15,8 @@ pip() { .venv/bin/python -m pip --disable-pip-version-check --quiet "$@"; }
 
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     echo "==> installing torch==$TORCH_VERSION (CPU build) before anything that depends on it"
-    pip install "torch==$TORCH_VERSION"
+    # TORCH_INDEX_URL: a package index that serves the CPU build, where the default index would give CUDA
+    pip install ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "torch==$TORCH_VERSION"
 fi
 echo "==> installing adaptive-exit (editable, with the COSEE plugin and test tools)"
 pip install "setuptools>=77"

@@ -47,6 +47,11 @@ def test_unknown_yaml_field(cli, tmp_path):
     assert_usage_error(cli("train", "--config", "run.yaml"), "model.layers", "unknown field")
 
 
+def test_yaml_section_of_the_wrong_shape(cli, tmp_path):
+    (tmp_path / "run.yaml").write_text("signal: entropy\n")
+    assert_usage_error(cli("train", "--config", "run.yaml", "--signal", "energy"), "invalid value for signal")
+
+
 def test_invalid_plugin_option_names_the_field(cli):
     assert_usage_error(cli("train", "--weighting", "cosee", "--beta0", "much"), "weighting.options.beta0")
 

@@ -23,6 +23,8 @@ def test_train_logs_a_finished_run_with_metrics_and_artifacts(trained_model):
     assert run.data.params["weighting.name"] == "cosee" and run.data.params["signal.name"] == "entropy"
     assert run.data.params["plugin.weighting"].startswith("cosee (cosee ")
     assert run.data.params["train.lr"] == "5e-05"
+    assert run.data.params["weighting.options.beta0"] == "10.0"  # defaults are recorded, not only flags
+    assert run.data.params["signal.options.temperature"] == "1.0"
     for key in ("loss", "lr", "cosee_ce", "cosee_osc", "beta_t", "exit_1_accuracy", "exit_2_accuracy", "auc",
                 "curve_accuracy", "curve_speedup", "accuracy_at_1.5x", "accuracy_at_2x"):
         assert key in run.data.metrics, key
@@ -38,7 +40,8 @@ def test_train_logs_a_finished_run_with_metrics_and_artifacts(trained_model):
 def test_saved_model_loads_back_identically(trained_model):
     config = json.loads((trained_model / "adaptive_exit.json").read_text())
     assert (config["num_layers"], config["num_labels"], config["pooling"]) == (2, 2, "mean")
-    assert config["signal"]["name"] == "entropy" and config["weighting"]["name"] == "cosee"
+    assert config["signal"] == {"name": "entropy", "options": {"temperature": 1.0}}
+    assert config["weighting"]["name"] == "cosee" and config["weighting"]["options"]["num_thresholds"] == 5
     first, second = MultiExitModel.from_pretrained(trained_model), MultiExitModel.from_pretrained(trained_model)
     batch = first.tokenizer(["a fine film", "dull and far too long"], padding=True, return_tensors="pt")
     with torch.no_grad():
@@ -68,6 +71,12 @@ def test_evaluate_given_thresholds_and_table(cli, trained_model):
     curve = json.loads(done.stdout)["curve"]
     # entropy exits when below the threshold: 0 lets nobody out early, 1.01 lets everybody out at exit 1
     assert [p["exit_counts"] for p in curve] == [[0, 40], [40, 0]]
+
+
+def test_evaluate_rejects_bad_sample_count(cli, trained_model):
+    done = cli("evaluate", str(trained_model), "--max-eval-samples", "0", "--no-track")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "data.max_eval_samples" in done.stderr
 
 
 class Exploding(Weighting):

@@ -40,8 +40,10 @@ def test_energy_matches_paper_formula():
 
 @pytest.mark.parametrize("cls", [Entropy, MaxProb, Energy])
 def test_no_nan_or_inf_for_extreme_logits(cls):
-    extreme = outputs([[[1e4, -1e4], [-1e4, 1e4], [0.0, 0.0], [88.0, 89.0], [-200.0, -300.0]]])
-    assert torch.isfinite(make(cls).score(extreme)).all()
+    extreme = outputs([[[1e4, -1e4], [-1e4, 1e4], [0.0, 0.0], [88.0, 89.0], [-200.0, -300.0], [2e38, -2e38],
+                        [3e38, 0.0]]])
+    for temperature in (1.0, 0.5):
+        assert torch.isfinite(make(cls, temperature=temperature).score(extreme)).all()
 
 
 def test_sweep_counts_speedup_and_metric():

@@ -105,7 +105,9 @@ class Cosee(Weighting):
     def end_epoch(self, epoch: int) -> None:
         low, high = self._seen
         if torch.distributed.is_available() and torch.distributed.is_initialized():
-            bounds = torch.tensor([-low, high], dtype=torch.float64)
+            on_gpu = torch.distributed.get_backend() == "nccl"
+            device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
+            bounds = torch.tensor([-low, high], dtype=torch.float64, device=device)
             torch.distributed.all_reduce(bounds, op=torch.distributed.ReduceOp.MAX)
             low, high = -float(bounds[0]), float(bounds[1])
         if math.isfinite(low) and math.isfinite(high) and high > low:
