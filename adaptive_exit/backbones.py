@@ -36,6 +36,10 @@ class Encoder(torch.nn.Module):
         """Write what ``Backbone.load_saved`` needs to rebuild this encoder (not the weights)."""
         raise NotImplementedError
 
+    def layer_flops(self, tokens: int) -> float | None:
+        """Multiply-adds times two of one layer over a sequence of ``tokens`` tokens, or None if unknown."""
+        return None
+
 
 class Backbone:
     """An encoder family: how to load one from a source, and how to rebuild one from a saved model."""
@@ -119,6 +123,12 @@ class HuggingFaceEncoder(Encoder):
     def save(self, directory: Path) -> None:
         self.model.config.save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)
+
+    def layer_flops(self, tokens: int) -> float:
+        hidden, inner = self.hidden_size, self.model.config.intermediate_size
+        projections = 2 * tokens * (4 * hidden * hidden + 2 * hidden * inner)
+        attention = 2 * 2 * tokens * tokens * hidden
+        return float(projections + attention)
 
 
 class HuggingFace(Backbone):

@@ -1,4 +1,4 @@
-"""The ``adaptive-exit`` command line: train, evaluate, plugins."""
+"""The ``adaptive-exit`` command line: train, evaluate, calibrate, predict, benchmark, plugins."""
 
 from __future__ import annotations
 
@@ -138,6 +138,66 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from .calibration import calibrate_model_dir
+
+    stored = calibrate_model_dir(args.model_dir, target_speedup=args.target_speedup, max_drop=args.max_drop,
+                                 signal=args.signal, dataset=args.dataset, split=args.split,
+                                 max_samples=args.max_eval_samples, track=not args.no_track)
+    if args.json:
+        print(json.dumps(stored, indent=2))
+    else:
+        print(f"threshold {stored['threshold']:.6g} for signal {stored['signal']}: layer speed-up "
+              f"{stored['speedup']:.2f}x, {stored['metric_name']} {stored['metric']:.4f} (full model "
+              f"{stored['full_metric']:.4f}) on {stored['split']}; stored in {args.model_dir}")
+    return 0
+
+
+def _read_inputs(source: str) -> list[Any]:
+    """Texts from a file or standard input ('-'): one per line, or JSON lines."""
+    from pathlib import Path
+
+    if source == "-":
+        raw = sys.stdin.read()
+    elif not Path(source).is_file():
+        raise UsageError(f"input file '{source}' does not exist")
+    else:
+        raw = Path(source).read_text()
+    lines = [line for line in raw.splitlines() if line.strip()]
+    if lines and all(line.lstrip().startswith("{") for line in lines):
+        try:
+            return [json.loads(line) for line in lines]
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"input looks like JSON lines but line {exc.lineno} is not valid JSON") from None
+    return lines
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .model import MultiExitModel
+
+    texts = _read_inputs(args.input)
+    model = MultiExitModel.from_pretrained(args.model_dir)
+    answers = model.predict(texts, threshold=args.threshold, batch_size=args.batch_size, signal=args.signal)
+    output = sys.stdout if args.output == "-" else open(args.output, "w")
+    try:
+        for answer in answers:
+            output.write(json.dumps(answer) + "\n")
+    finally:
+        if output is not sys.stdout:
+            output.close()
+    return 0
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from .benchmark import benchmark_model_dir, format_report
+
+    report = benchmark_model_dir(args.model_dir, threshold=args.threshold, batch_sizes=tuple(args.batch_sizes),
+                                 repeats=args.repeats, max_samples=args.max_eval_samples, split=args.split,
+                                 signal=args.signal)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
 def cmd_plugins(args: argparse.Namespace) -> int:
     from .plugins import KINDS, registry
 
@@ -194,6 +254,47 @@ def make_parser(argv: list[str]) -> argparse.ArgumentParser:
     if command == "evaluate":
         _add_plugin_option_flags(evaluate, _dests(evaluate), ("signals",))
     evaluate.set_defaults(func=cmd_evaluate)
+
+    calibrate = sub.add_parser("calibrate", help="pick and store the threshold for a target speed-up or metric drop",
+                               description="Sweep the validation split and store in MODEL_DIR the threshold with the "
+                                           "best metric at --target-speedup or more (or the fastest within --max-drop "
+                                           "points of the full model); predict and benchmark use it from then on.")
+    calibrate.add_argument("model_dir", help="a directory written by `train`")
+    goal = calibrate.add_mutually_exclusive_group(required=True)
+    goal.add_argument("--target-speedup", type=float, metavar="X", help="minimum layer speed-up, e.g. 2.0")
+    goal.add_argument("--max-drop", type=float, metavar="D", help="largest metric drop in points (0.5 = 0.005 accuracy)")
+    calibrate.add_argument("--signal", help="exit signal (default: the model's)")
+    calibrate.add_argument("--dataset", help="dataset (default: the model's)")
+    calibrate.add_argument("--split", choices=("validation", "test"), default="validation", help="(default: validation)")
+    calibrate.add_argument("--max-eval-samples", type=int, metavar="N", help="use only the first N samples")
+    calibrate.add_argument("--json", action="store_true", help="print what was stored as JSON")
+    calibrate.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    calibrate.set_defaults(func=cmd_calibrate)
+
+    predict = sub.add_parser("predict", help="early-exit predictions for texts, as JSON lines",
+                             description="Read texts (one per line, or JSON lines with the dataset's text fields) and "
+                                         "write one JSON line per text: label, label_id, probabilities, exit_layer.")
+    predict.add_argument("model_dir", help="a directory written by `train`")
+    predict.add_argument("--input", default="-", metavar="FILE", help="input file (default: standard input)")
+    predict.add_argument("--output", default="-", metavar="FILE", help="output file (default: standard output)")
+    predict.add_argument("--threshold", type=float, help="exit threshold (default: the calibrated one)")
+    predict.add_argument("--signal", help="exit signal (default: the model's)")
+    predict.add_argument("--batch-size", type=int, default=32, help="texts per batch (default: 32)")
+    predict.set_defaults(func=cmd_predict)
+
+    bench = sub.add_parser("benchmark", help="measured early-exit speed-up against the full model",
+                           description="Time the full model and early exit on the same tokenized evaluation inputs "
+                                       "(interleaved, median of repeats after warm-up) at the stored threshold, and "
+                                       "report layer speed-up, FLOPs ratio, measured speed-up and their ratio.")
+    bench.add_argument("model_dir", help="a directory written by `train`")
+    bench.add_argument("--threshold", type=float, help="exit threshold (default: the calibrated one)")
+    bench.add_argument("--signal", help="exit signal (default: the model's)")
+    bench.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32], metavar="B", help="(default: 1 32)")
+    bench.add_argument("--repeats", type=int, default=5, help="timed repeats per path (default: 5)")
+    bench.add_argument("--split", choices=("validation", "test"), default="validation", help="(default: validation)")
+    bench.add_argument("--max-eval-samples", type=int, metavar="N", help="use only the first N samples")
+    bench.add_argument("--json", action="store_true", help="print the report as JSON")
+    bench.set_defaults(func=cmd_benchmark)
 
     plugins = sub.add_parser("plugins", help="list signals, weightings, backbones and datasets with their plugins")
     plugins.add_argument("--json", action="store_true", help='print {"signals": [...], "weightings": [...], ...}')

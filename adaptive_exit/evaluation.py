@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -131,8 +131,13 @@ def sweep(outputs: ExitOutputs, labels: torch.Tensor, signal: Signal, metric_nam
 
 def evaluate_model_dir(model_dir: str, signal: str | None = None, signal_options: dict[str, Any] | None = None,
                        dataset: str | None = None, split: str = "validation", thresholds: list[float] | None = None,
-                       max_samples: int | None = None, batch_size: int = 64, track: bool = True) -> EvaluationResult:
-    """Sweep a saved model on a split, with its own signal and dataset unless others are named."""
+                       max_samples: int | None = None, batch_size: int = 64, track: bool = True,
+                       command: str = "evaluate",
+                       finish: Callable[[EvaluationResult], None] | None = None) -> EvaluationResult:
+    """Sweep a saved model on a split, with its own signal and dataset unless others are named.
+
+    ``finish``, if given, sees the result before the trackers do (``calibrate`` picks its threshold there).
+    """
     from pydantic import ValidationError
 
     from .config import DataConfig, describe_validation_error, validate_options
@@ -165,8 +170,8 @@ def evaluate_model_dir(model_dir: str, signal: str | None = None, signal_options
     described = {kind: {"name": signal_name if kind == "signal" else data_config.dataset if kind == "dataset"
                         else trained["backbone_type"], "plugin": entry.plugin, "version": entry.version}
                  for kind, entry in plugins.items()}
-    run = RunInfo("evaluate", config, described, experiment=data_config.dataset, tracking=track,
-                  run_name=f"evaluate-{signal_name}")
+    run = RunInfo(command, config, described, experiment=data_config.dataset, tracking=track,
+                  run_name=f"{command}-{signal_name}")
     with lifecycle(run):
         signal_obj = create("signals", signal_name, options, num_exits=model.num_exits,
                             hidden_size=model.encoder.hidden_size, num_labels=trained["num_labels"])
@@ -181,5 +186,7 @@ def evaluate_model_dir(model_dir: str, signal: str | None = None, signal_options
         outputs, labels = collect_outputs(model, make_loader(tokenized[split], model.tokenizer, batch_size))
         result = sweep(outputs, labels, signal_obj, task.metric,
                        None if thresholds is None else torch.tensor(thresholds, dtype=torch.float64))
+        if finish is not None:
+            finish(result)
         call_lifecycle("on_evaluate_end", run=run, results=result)
     return result

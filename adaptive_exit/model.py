@@ -18,12 +18,20 @@ SIGNAL_WEIGHTS = "signal.safetensors"
 BACKBONE_DIR = "backbone"
 
 
-def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
-    """One vector per sample: the mean over real tokens ('mean') or the first token ('cls')."""
+def pooling_weights(attention_mask: torch.Tensor, pooling: str, dtype: torch.dtype) -> torch.Tensor:
+    """``[batch, 1, seq]`` weights that pool hidden states: the mean over real tokens ('mean') or the first ('cls')."""
     if pooling == "cls":
-        return hidden[:, 0]
-    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        weights = torch.zeros(attention_mask.shape, dtype=dtype, device=attention_mask.device)
+        weights[:, 0] = 1.0
+    else:
+        weights = attention_mask.to(dtype)
+        weights = weights / weights.sum(1, keepdim=True).clamp(min=1.0)
+    return weights.unsqueeze(1)
+
+
+def pool(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """One vector per sample from ``pooling_weights``."""
+    return torch.bmm(weights, hidden).squeeze(1)
 
 
 class ExitHead(torch.nn.Module):
@@ -48,6 +56,7 @@ class MultiExitModel(torch.nn.Module):
     def __init__(self, encoder: Encoder, config: dict[str, Any]):
         super().__init__()
         self.encoder = encoder
+        self.directory: Path | None = None
         self.config = dict(config)
         self.config["num_layers"] = encoder.num_layers
         self.pooling = config["pooling"]
@@ -63,9 +72,9 @@ class MultiExitModel(torch.nn.Module):
     def tokenizer(self) -> Any:
         return self.encoder.tokenizer
 
-    def exit_output(self, index: int, hidden: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pooled state and logits of exit ``index`` for hidden states after its layer."""
-        pooled = pool(hidden, attention_mask, self.pooling)
+    def exit_output(self, index: int, hidden: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pooled state and logits of exit ``index`` for hidden states after its layer (``weights``: ``pooling_weights``)."""
+        pooled = pool(hidden, weights)
         return pooled, self.heads[index](pooled)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -73,10 +82,11 @@ class MultiExitModel(torch.nn.Module):
         """All exits for every sample (training and evaluation sweeps)."""
         hidden = self.encoder.embed(input_ids, token_type_ids)
         mask = self.encoder.layer_mask(attention_mask, hidden.dtype)
+        weights = pooling_weights(attention_mask, self.pooling, hidden.dtype)
         pooled_all, logits_all = [], []
         for index in range(self.num_exits):
             hidden = self.encoder.run_layer(index, hidden, mask)
-            pooled, logits = self.exit_output(index, hidden, attention_mask)
+            pooled, logits = self.exit_output(index, hidden, weights)
             pooled_all.append(pooled)
             logits_all.append(logits)
         return ExitOutputs(logits=torch.stack(logits_all), pooled=torch.stack(pooled_all))
@@ -110,8 +120,28 @@ class MultiExitModel(torch.nn.Module):
         backbone = lookup("backbones", config["backbone_type"]).cls()
         model = cls(backbone.load_saved(directory / BACKBONE_DIR), config)
         model.load_state_dict(load_file(str(directory / WEIGHTS)))
+        model.directory = directory
         model.eval()
         return model
+
+    def predict(self, texts: list[Any], threshold: float | None = None, batch_size: int = 32,
+                signal: str | None = None) -> list[dict[str, Any]]:
+        """Early-exit predictions for raw texts (strings, or pairs / dicts for pair tasks).
+
+        Each answer has ``label``, ``label_id``, ``probabilities`` and ``exit_layer`` (1-based). The
+        threshold defaults to the one stored by ``adaptive-exit calibrate``.
+        """
+        from .inference import predict
+
+        return predict(self, texts, threshold=threshold, batch_size=batch_size, signal=signal)
+
+
+def update_model_config(directory: str | Path, key: str, value: Any) -> None:
+    """Set one key of a saved model's config file."""
+    path = Path(directory) / MODEL_CONFIG
+    config = json.loads(path.read_text())
+    config[key] = value
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def load_signal_weights(signal: torch.nn.Module, directory: str | Path) -> None:

@@ -34,13 +34,15 @@ class Signal(torch.nn.Module):
 
     A signal may read every exit up to the current one (``score`` must be causal: the score of exit
     ``i`` depends only on exits ``0..i``), may hold trainable parameters (it is a ``torch.nn.Module``)
-    and may add its own training loss by overriding ``loss``.
+    and may add its own training loss by overriding ``loss``. A signal whose score of exit ``i`` reads
+    exit ``i`` alone sets ``uses_history = False``, so early-exit inference need not keep earlier exits.
     """
 
     name: ClassVar[str] = ""
     exit_when: ClassVar[str] = "<"
     bounds: ClassVar[tuple[float, float]] = (0.0, 1.0)
     Options: ClassVar[type[BaseModel]] = NoOptions
+    uses_history: ClassVar[bool] = True
 
     def __init__(self, options: BaseModel | None = None, *, num_exits: int, hidden_size: int, num_labels: int):
         super().__init__()
@@ -61,22 +63,23 @@ class Signal(torch.nn.Module):
         """A threshold grid for the evaluation sweep, spanning 'no early exit' to 'all exit at the first exit'.
 
         ``scores`` are this signal's scores on the evaluation data, ``[num_exits, N]``. The default uses
-        quantiles of the internal exits' scores plus a value past each end.
+        midpoints between quantiles of the internal exits' scores, plus a value past each end.
         """
         internal = scores[:-1].flatten().double()
         internal = internal[torch.isfinite(internal)]
         if internal.numel() == 0:
             return torch.tensor(self.bounds, dtype=torch.float64)
-        grid = torch.quantile(internal, torch.linspace(0, 1, count, dtype=torch.float64))
+        grid = torch.unique(torch.quantile(internal, torch.linspace(0, 1, count, dtype=torch.float64)))
         span = float(internal.max() - internal.min()) or 1.0
         ends = torch.tensor([float(internal.min()) - 0.01 * span, float(internal.max()) + 0.01 * span],
                             dtype=torch.float64)
-        return torch.unique(torch.cat([ends, grid]))
+        # midpoints, so that no threshold sits exactly on a score, where rounding could flip an exit
+        return torch.unique(torch.cat([ends, (grid[1:] + grid[:-1]) / 2]))
 
 
 def _scaled(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Logits divided by the temperature in float64, so that no finite logit overflows."""
-    return logits.double() / temperature
+    """Logits divided by the temperature, bounded to +-1e30 so that no finite logit leads to inf or NaN."""
+    return (logits.float() / temperature).clamp(-1e30, 1e30)
 
 
 class Entropy(Signal):
@@ -85,12 +88,12 @@ class Entropy(Signal):
     name = "entropy"
     exit_when = "<"
     Options = TemperatureOptions
+    uses_history = False
 
     def score(self, outputs: ExitOutputs) -> torch.Tensor:
         log_p = torch.log_softmax(_scaled(outputs.logits, self.options.temperature), dim=-1)
-        p = log_p.exp()
-        entropy = -(p * torch.where(p > 0, log_p, torch.zeros_like(log_p))).sum(-1)
-        return (entropy / math.log(outputs.logits.shape[-1])).clamp(0.0, 1.0).float()
+        entropy = (log_p.exp() * log_p).sum(-1)  # log_p is finite, so p = 0 adds exactly 0
+        return (entropy * (-1.0 / math.log(outputs.logits.shape[-1]))).clamp(0.0, 1.0)
 
 
 class MaxProb(Signal):
@@ -99,9 +102,10 @@ class MaxProb(Signal):
     name = "maxprob"
     exit_when = ">"
     Options = TemperatureOptions
+    uses_history = False
 
     def score(self, outputs: ExitOutputs) -> torch.Tensor:
-        return torch.softmax(_scaled(outputs.logits, self.options.temperature), dim=-1).max(-1).values.float()
+        return torch.softmax(_scaled(outputs.logits, self.options.temperature), dim=-1).amax(-1)
 
 
 class Energy(Signal):
@@ -110,11 +114,12 @@ class Energy(Signal):
     name = "energy"
     exit_when = "<"
     Options = TemperatureOptions
+    uses_history = False
 
     def score(self, outputs: ExitOutputs) -> torch.Tensor:
         temperature = self.options.temperature
         energy = -temperature * torch.logsumexp(_scaled(outputs.logits, temperature), dim=-1)
-        return torch.sigmoid(energy).float()
+        return torch.sigmoid(energy)
 
 
 @hookimpl

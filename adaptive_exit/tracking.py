@@ -127,6 +127,7 @@ def on_evaluate_end(run: Any, results: Any) -> None:
     if run.command != "train":  # training logged these per epoch already
         values += [(f"exit_{i + 1}_{name}", m, 0) for i, m in enumerate(results.per_exit_metric)]
     values += [("auc", results.auc, 0)] + [(f"{name}_at_{k}x", v, 0) for k, v in results.metric_at.items()]
+    values += [(key, value, 0) for key, value in results.extra.items() if isinstance(value, (int, float))]
     _log_metrics(client, run_id, values)
     with tempfile.TemporaryDirectory() as tmp:
         for path in _sweep_files(results, Path(tmp)):

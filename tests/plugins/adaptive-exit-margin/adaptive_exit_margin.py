@@ -23,6 +23,7 @@ class Margin(Signal):
     exit_when = ">"
     bounds = (0.0, 1.0)
     Options = TemperatureOptions
+    uses_history = False
 
     def score(self, outputs: ExitOutputs) -> torch.Tensor:
         """``[num_exits, batch]``: each exit's margin, from that exit's logits alone (so it is causal)."""

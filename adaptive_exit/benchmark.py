@@ -1,0 +1,130 @@
+"""Measured speed of early-exit inference against the full model, beside the layer speed-up and FLOPs ratio."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any, Callable
+
+import torch
+
+from .data import load_task, make_loader, tokenize
+from .errors import UsageError
+from .inference import _text_args, early_exit_forward, final_forward, model_signal, stored_threshold
+from .model import MultiExitModel, pool, pooling_weights
+
+
+def _hf_forward(model: MultiExitModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The full model through the plain ``transformers`` forward, then the final classifier."""
+    kwargs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+    hidden = model.encoder.model(**kwargs).last_hidden_state
+    return model.heads[-1](pool(hidden, pooling_weights(batch["attention_mask"], model.pooling, hidden.dtype)))
+
+
+def _engine_forward(model: MultiExitModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    return final_forward(model, batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+
+
+def _timed(run: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
+def _flops_ratio(model: MultiExitModel, lengths: torch.Tensor, exit_index: torch.Tensor) -> float | None:
+    """Full-model FLOPs / early-exit FLOPs over the samples' real token counts (heads and signal included)."""
+    encoder = model.encoder
+    if encoder.layer_flops(1) is None:
+        return None
+    classes = model.config["num_labels"]
+    head = 2 * encoder.hidden_size * classes
+    full = early = 0.0
+    for length, leave in zip(lengths.tolist(), exit_index.tolist()):
+        layer = encoder.layer_flops(length)
+        pooling = length * encoder.hidden_size
+        full += model.num_exits * layer + pooling + head
+        used = leave + 1
+        early += used * (layer + pooling + head) + min(used, model.num_exits - 1) * 10 * classes
+    return full / early
+
+
+@torch.inference_mode()
+def benchmark_model_dir(model_dir: str, threshold: float | None = None, batch_sizes: tuple[int, ...] = (1, 32),
+                        repeats: int = 5, max_samples: int | None = None, split: str = "validation",
+                        signal: str | None = None) -> dict[str, Any]:
+    """Time the full model and early exit on the same tokenized inputs, interleaved, median of ``repeats``."""
+    if repeats < 1 or any(b < 1 for b in batch_sizes):
+        raise UsageError("--repeats and every batch size must be at least 1")
+    model = MultiExitModel.from_pretrained(model_dir)
+    signal_obj = model_signal(model, signal)
+    if threshold is None:
+        threshold = stored_threshold(model, signal_obj.name)
+    from .config import DataConfig
+
+    data_values = dict(model.config["run"]["data"], eval_split=split, max_eval_samples=max_samples)
+    task = load_task(DataConfig.model_validate(data_values))
+    texts = task.splits[split]
+    tokenized = tokenize(task, model.tokenizer, data_values["max_length"], (split,))[split]
+    columns = _text_args([{f: row[f] for f in task.text_fields} for row in texts], list(task.text_fields))
+    report: dict[str, Any] = {"threshold": threshold, "signal": signal_obj.name, "samples": len(tokenized),
+                              "device": "cpu", "torch_threads": torch.get_num_threads(), "batch_sizes": {}}
+    for batch_size in batch_sizes:
+        batches = list(make_loader(tokenized, model.tokenizer, batch_size))
+        exits = [early_exit_forward(model, b["input_ids"], b["attention_mask"], b.get("token_type_ids"),
+                                    signal_obj, threshold).exit_index for b in batches]
+        exit_index = torch.cat(exits)
+        lengths = torch.cat([b["attention_mask"].sum(1) for b in batches])
+        layer_speedup = model.num_exits * exit_index.numel() / float((exit_index + 1).sum())
+        runs = {
+            "hf": lambda: [_hf_forward(model, b) for b in batches],
+            "engine": lambda: [_engine_forward(model, b) for b in batches],
+            "early": lambda: [early_exit_forward(model, b["input_ids"], b["attention_mask"], b.get("token_type_ids"),
+                                                 signal_obj, threshold) for b in batches],
+        }
+        text_batches = [[c[i:i + batch_size] for c in columns] for i in range(0, len(tokenized), batch_size)]
+        max_length = data_values["max_length"]
+
+        def end_to_end(forward: Callable[[dict[str, torch.Tensor]], Any]) -> Callable[[], Any]:
+            def run() -> None:
+                for chunk in text_batches:
+                    forward(dict(model.tokenizer(*chunk, padding=True, truncation=True, max_length=max_length,
+                                                 return_tensors="pt")))
+            return run
+
+        runs["hf_e2e"] = end_to_end(lambda b: _hf_forward(model, b))
+        runs["early_e2e"] = end_to_end(lambda b: early_exit_forward(
+            model, b["input_ids"], b["attention_mask"], b.get("token_type_ids"), signal_obj, threshold))
+        for run in runs.values():  # warm-up
+            run()
+        times: dict[str, list[float]] = {name: [] for name in runs}
+        for _ in range(repeats):
+            for name, run in runs.items():
+                times[name].append(_timed(run))
+        median = {name: statistics.median(values) for name, values in times.items()}
+        full = min(median["hf"], median["engine"])
+        measured = full / median["early"]
+        report["batch_sizes"][str(batch_size)] = {
+            "layer_speedup": layer_speedup,
+            "flops_ratio": _flops_ratio(model, lengths, exit_index),
+            "measured_speedup": measured,
+            "efficiency": measured / layer_speedup,
+            "end_to_end_speedup": median["hf_e2e"] / median["early_e2e"],
+            "seconds": {"full_hf": median["hf"], "full_engine": median["engine"], "early_exit": median["early"],
+                        "full_hf_with_tokenization": median["hf_e2e"],
+                        "early_exit_with_tokenization": median["early_e2e"]},
+        }
+    return report
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The benchmark as a small table."""
+    lines = [f"signal {report['signal']} at threshold {report['threshold']:.6g}, {report['samples']} samples, "
+             f"{report['device']} with {report['torch_threads']} threads",
+             f"{'batch':>5} {'layer x':>8} {'FLOPs x':>8} {'measured x':>10} {'efficiency':>10} {'with tokenization x':>20}"]
+    for size, row in report["batch_sizes"].items():
+        flops = "n/a" if row["flops_ratio"] is None else f"{row['flops_ratio']:.2f}"
+        lines.append(f"{size:>5} {row['layer_speedup']:>8.2f} {flops:>8} {row['measured_speedup']:>10.2f} "
+                     f"{row['efficiency']:>10.2f} {row['end_to_end_speedup']:>20.2f}")
+    lines.append("measured x = full-model time (faster of transformers' forward and the engine's) / early-exit time, "
+                 "same tokenized inputs, median of repeats after warm-up")
+    return "\n".join(lines)

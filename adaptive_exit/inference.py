@@ -1,0 +1,179 @@
+"""Real early-exit inference: layer by layer, samples leave the batch as soon as their signal says so."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .exits import ExitOutputs, exit_condition
+from .model import pooling_weights
+from .signals import Signal
+
+
+@dataclass
+class EarlyExitOutput:
+    """Each sample's answer: the logits of the exit it left at, and that exit's 0-based index."""
+
+    logits: torch.Tensor
+    exit_index: torch.Tensor
+
+
+def _trim_padding(hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop trailing columns that no remaining sample uses."""
+    used = mask.any(0).nonzero()
+    length = int(used.max()) + 1 if used.numel() else mask.shape[1]
+    if length < mask.shape[1]:
+        return hidden[:, :length], mask[:, :length]
+    return hidden, mask
+
+
+@torch.inference_mode()
+def early_exit_forward(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                       token_type_ids: torch.Tensor | None, signal: Signal, threshold: float) -> EarlyExitOutput:
+    """Run ``model`` (in eval mode) so that deeper layers only see the samples still undecided.
+
+    After each exit the samples whose score meets ``threshold`` under the signal's rule leave: their
+    answers are written in place, and the rows of the others (hidden states, attention mask, trimmed
+    to their longest sample) go on. Gives the predictions and exit layers of the all-exits simulation.
+    """
+    encoder = model.encoder
+    num_exits = model.num_exits
+    batch = input_ids.shape[0]
+    hidden = encoder.embed(input_ids, token_type_ids)
+    mask = attention_mask
+    layer_mask = encoder.layer_mask(mask, hidden.dtype)
+    weights = pooling_weights(mask, model.pooling, hidden.dtype)
+    active = torch.arange(batch, device=input_ids.device)
+    exit_index = torch.full((batch,), num_exits - 1, dtype=torch.long, device=input_ids.device)
+    answers: torch.Tensor | None = None
+    history: tuple[torch.Tensor, torch.Tensor] | None = None
+    for index in range(num_exits):
+        hidden = encoder.run_layer(index, hidden, layer_mask)
+        pooled, logits = model.exit_output(index, hidden, weights)
+        if answers is None:
+            answers = logits.new_empty(batch, logits.shape[-1])
+        if index == num_exits - 1:
+            answers[active] = logits
+            break
+        if signal.uses_history:
+            if history is None:
+                history = (logits.new_zeros(num_exits, batch, logits.shape[-1]),
+                           pooled.new_zeros(num_exits, batch, pooled.shape[-1]))
+            history[0][index, active] = logits
+            history[1][index, active] = pooled
+            view = ExitOutputs(history[0][: index + 1, active], history[1][: index + 1, active])
+        else:
+            view = ExitOutputs(logits.unsqueeze(0), pooled.unsqueeze(0))
+        leave = exit_condition(signal.score(view)[-1], threshold, signal.exit_when)
+        leaving = int(leave.sum())
+        if leaving == 0:
+            continue
+        answers[active[leave]] = logits[leave]
+        exit_index[active[leave]] = index
+        if leaving == active.numel():
+            break
+        stay = ~leave
+        active, hidden, mask = active[stay], hidden[stay], mask[stay]
+        hidden, mask = _trim_padding(hidden, mask)
+        layer_mask = encoder.layer_mask(mask, hidden.dtype)
+        weights = pooling_weights(mask, model.pooling, hidden.dtype)
+    return EarlyExitOutput(answers, exit_index)
+
+
+@torch.inference_mode()
+def final_forward(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                  token_type_ids: torch.Tensor | None) -> torch.Tensor:
+    """The full model the engine's way: every layer, then only the final classifier."""
+    encoder = model.encoder
+    hidden = encoder.embed(input_ids, token_type_ids)
+    layer_mask = encoder.layer_mask(attention_mask, hidden.dtype)
+    for index in range(model.num_exits):
+        hidden = encoder.run_layer(index, hidden, layer_mask)
+    weights = pooling_weights(attention_mask, model.pooling, hidden.dtype)
+    return model.exit_output(model.num_exits - 1, hidden, weights)[1]
+
+
+def model_signal(model: Any, name: str | None = None, options: dict[str, Any] | None = None) -> Signal:
+    """The signal ``name`` (default: the model's own) for a loaded model, with its trained weights if any."""
+    from .model import load_signal_weights
+    from .plugins import create
+
+    trained = model.config["signal"]
+    name = name or trained["name"]
+    merged = dict(trained["options"]) if name == trained["name"] else {}
+    merged.update(options or {})
+    signal = create("signals", name, merged, num_exits=model.num_exits, hidden_size=model.encoder.hidden_size,
+                    num_labels=model.config["num_labels"])
+    if name == trained["name"] and model.directory is not None:
+        load_signal_weights(signal, model.directory)
+    return signal.eval()
+
+
+def stored_threshold(model: Any, signal_name: str) -> float:
+    """The threshold ``adaptive-exit calibrate`` stored for this signal, or a UsageError saying how to get one."""
+    from .errors import UsageError
+
+    calibration = model.config.get("calibration")
+    if not calibration or calibration["signal"] != signal_name:
+        raise UsageError(f"no calibrated threshold for signal '{signal_name}' in this model; pass --threshold, or run "
+                         f"`adaptive-exit calibrate MODEL_DIR --target-speedup 2` first")
+    return float(calibration["threshold"])
+
+
+def _text_args(items: list[Any], fields: list[str]) -> list[list[str]]:
+    """Columns of text for the tokenizer: one list per text field."""
+    from .errors import UsageError
+
+    columns: list[list[str]] = [[] for _ in fields]
+    for item in items:
+        if isinstance(item, str):
+            values = [item]
+        elif isinstance(item, dict):
+            missing = [f for f in fields if f not in item]
+            if missing:
+                raise UsageError(f"input {item!r} has no field {missing[0]!r}; this model reads {', '.join(fields)}")
+            values = [item[f] for f in fields]
+        else:
+            values = list(item)
+        if len(values) != len(fields):
+            raise UsageError(f"this model reads {len(fields)} text(s) per sample ({', '.join(fields)}); got {item!r}")
+        for column, value in zip(columns, values):
+            column.append(str(value))
+    return columns
+
+
+@torch.no_grad()
+def predict(model: Any, texts: list[Any], threshold: float | None = None, batch_size: int = 32,
+            signal: str | None = None) -> list[dict[str, Any]]:
+    """Early-exit predictions for raw texts, in input order (batched by length internally)."""
+    from .errors import UsageError
+
+    if not texts:
+        raise UsageError("no texts to predict: give one text per line, or JSON lines with the dataset's text fields")
+    if batch_size < 1:
+        raise UsageError(f"batch size must be at least 1 (got {batch_size})")
+    model.eval()
+    signal_obj = model_signal(model, signal)
+    if threshold is None:
+        threshold = stored_threshold(model, signal_obj.name)
+    fields = model.config["text_fields"]
+    max_length = model.config["run"]["data"]["max_length"]
+    columns = _text_args(list(texts), fields)
+    order = sorted(range(len(texts)), key=lambda i: sum(len(c[i]) for c in columns))
+    labels = model.config["label_names"]
+    results: list[dict[str, Any] | None] = [None] * len(texts)
+    for start in range(0, len(order), batch_size):
+        chosen = order[start:start + batch_size]
+        batch = model.tokenizer(*[[c[i] for i in chosen] for c in columns], padding=True, truncation=True,
+                                max_length=max_length, return_tensors="pt")
+        out = early_exit_forward(model, batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
+                                 signal_obj, threshold)
+        probabilities = torch.softmax(out.logits.float(), dim=-1)
+        for row, original in enumerate(chosen):
+            label_id = int(probabilities[row].argmax())
+            results[original] = {"label": labels[label_id], "label_id": label_id,
+                                 "probabilities": [round(float(p), 6) for p in probabilities[row]],
+                                 "exit_layer": int(out.exit_index[row]) + 1}
+    return results

@@ -1,0 +1,192 @@
+"""Real early exit (samples leave the batch) gives exactly what the all-exits simulation says."""
+
+import shutil
+
+import pytest
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from adaptive_exit import ExitOutputs, MultiExitModel, Signal, simulate_exits
+from adaptive_exit.backbones import HuggingFace
+from adaptive_exit.inference import early_exit_forward
+from adaptive_exit.signals import Energy, Entropy, MaxProb
+
+
+class Agreement(Signal):
+    """Needs history: how many exits in a row (up to this one) predict the same class."""
+
+    name = "agreement-test"
+    exit_when = ">="
+
+    def score(self, outputs):
+        predictions = outputs.logits.argmax(-1)
+        counts = [torch.zeros_like(predictions[0], dtype=torch.float32)]
+        for i in range(1, predictions.shape[0]):
+            counts.append(torch.where(predictions[i] == predictions[i - 1], counts[-1] + 1, torch.zeros_like(counts[-1])))
+        return torch.stack(counts)
+
+    def thresholds(self, scores, count=200):
+        return torch.arange(0, self.num_exits + 1, dtype=torch.float64)
+
+
+class Learned(Signal):
+    """Has trainable parameters: a sigmoid of a linear map of the pooled state (BERxiT-style)."""
+
+    name = "learned-test"
+    exit_when = ">"
+    uses_history = False
+
+    def __init__(self, options=None, **kwargs):
+        super().__init__(options, **kwargs)
+        torch.manual_seed(3)
+        self.head = torch.nn.Linear(self.hidden_size, 1)
+
+    def score(self, outputs):
+        return torch.sigmoid(self.head(outputs.pooled)).squeeze(-1)
+
+
+class MarginOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    temperature: float = Field(1.0, gt=0)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    encoder = HuggingFace().load("minilm-l6", 3)
+    model = MultiExitModel(encoder, {"pooling": "mean", "dropout": 0.1, "num_labels": 3}).eval()
+    for head in model.heads:  # spread the exits' confidence so that thresholds separate samples
+        head.classifier.weight.data *= 40
+    return model
+
+
+@pytest.fixture(scope="module")
+def batch(model):
+    texts = ["ok", "no.", "an utterly gripping film " * 30, "dull", "it is what it is, i suppose, more or less",
+             "the acting is wooden but the score is lovely and the ending surprised me " * 3, "fine", "meh"] * 5
+    return model.tokenizer(texts, padding=True, truncation=True, max_length=128, return_tensors="pt")
+
+
+class Margin(Signal):
+    """The third-party example plugin's formula (top-1 minus top-2 probability), defined here so no install is needed."""
+
+    name = "margin-test"
+    exit_when = ">"
+    Options = MarginOptions
+    uses_history = False
+
+    def score(self, outputs):
+        top = torch.softmax(outputs.logits.float() / self.options.temperature, -1).topk(2, -1).values
+        return top[..., 0] - top[..., 1]
+
+
+SIGNALS = {"entropy": Entropy, "maxprob": MaxProb, "energy": Energy, "agreement": Agreement, "learned": Learned,
+           "margin": Margin}
+
+
+@pytest.mark.parametrize("signal_name", SIGNALS)
+def test_early_exit_matches_simulation(model, batch, signal_name):
+    kwargs = {"num_exits": model.num_exits, "hidden_size": model.encoder.hidden_size, "num_labels": 3}
+    signal = SIGNALS[signal_name](**kwargs).eval()
+    with torch.no_grad():
+        full = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+        scores = signal.score(full)
+    thresholds = signal.thresholds(scores.double(), 12)
+    simulated = simulate_exits(scores, thresholds, signal.exit_when)
+    predictions = full.logits.argmax(-1)
+    lengths = batch["attention_mask"].sum(1)
+    assert lengths.min() <= 4 and lengths.max() >= 100
+    seen_exits = set()
+    for k, threshold in enumerate(thresholds.tolist()):
+        for size in (1, 7, 32):
+            for start in range(0, len(lengths), size):
+                rows = slice(start, start + size)
+                width = int(lengths[rows].max())
+                out = early_exit_forward(model, batch["input_ids"][rows, :width], batch["attention_mask"][rows, :width],
+                                         batch["token_type_ids"][rows, :width], signal, threshold)
+                expected = simulated[k, rows]
+                assert torch.equal(out.exit_index, expected), (threshold, size, start)
+                assert torch.equal(out.logits.argmax(-1), predictions[:, rows].gather(0, expected[None])[0])
+                seen_exits.update(expected.tolist())
+    assert 0 in seen_exits and len(seen_exits) >= 2  # samples left early and samples went on
+
+
+@pytest.fixture
+def model_copy(trained_model, tmp_path):
+    return shutil.copytree(trained_model, tmp_path / "model")
+
+
+def test_calibrate_stores_threshold_used_by_predict(cli, model_copy):
+    import json
+
+    done = cli("calibrate", str(model_copy), "--target-speedup", "1.5", "--json", "--max-eval-samples", "48")
+    assert done.returncode == 0, done.stderr[-2000:]
+    stored = json.loads(done.stdout)
+    assert stored["speedup"] >= 1.5 and stored["signal"] == "entropy"
+    assert json.loads((model_copy / "adaptive_exit.json").read_text())["calibration"] == stored
+    model = MultiExitModel.from_pretrained(model_copy)
+    answers = model.predict(["a fine film", "dull and far too long", "ok"])
+    assert [set(a) for a in answers] == [{"label", "label_id", "probabilities", "exit_layer"}] * 3
+    assert all(a["exit_layer"] in (1, 2) and abs(sum(a["probabilities"]) - 1) < 1e-5 for a in answers)
+    same = model.predict(["ok", "a fine film"], threshold=stored["threshold"], batch_size=1)
+    assert same == [answers[2], answers[0]]
+
+
+def test_calibrate_max_drop(cli, model_copy):
+    import json
+
+    done = cli("calibrate", str(model_copy), "--max-drop", "100", "--json", "--no-track", "--max-eval-samples", "48")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout)["speedup"] == 2.0  # any drop allowed: everybody leaves at exit 1
+
+
+def test_unreachable_target_names_the_range(cli, model_copy):
+    done = cli("calibrate", str(model_copy), "--target-speedup", "5", "--no-track", "--max-eval-samples", "48")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "reachable range on this data is 1.00x to 2.00x" in done.stderr
+
+
+def test_predict_cli_reads_lines_and_jsonl(cli, model_copy, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    lines = tmp_path / "texts.txt"
+    lines.write_text("a fine film\n\ndull and far too long\n")
+    done = cli("predict", str(model_copy), "--input", str(lines), "--threshold", "0.5")
+    assert done.returncode == 0, done.stderr[-2000:]
+    answers = [json.loads(line) for line in done.stdout.splitlines()]
+    assert len(answers) == 2 and answers[0]["label"] in ("negative", "positive")
+    jsonl = tmp_path / "texts.jsonl"
+    jsonl.write_text('{"text": "a fine film"}\n{"text": "dull and far too long"}\n')
+    again = cli("predict", str(model_copy), "--input", str(jsonl), "--threshold", "0.5")
+    assert [json.loads(line) for line in again.stdout.splitlines()] == answers
+    empty = cli("predict", str(model_copy), "--input", str(tmp_path / "texts.txt"), "--threshold", "0.5",
+                extra_env={})
+    assert empty.returncode == 0
+    (tmp_path / "empty.txt").write_text("\n\n")
+    done = cli("predict", str(model_copy), "--input", str(tmp_path / "empty.txt"), "--threshold", "0.5")
+    assert done.returncode == 2 and "no texts to predict" in done.stderr and "Traceback" not in done.stderr
+    no_threshold = cli("predict", str(model_copy), "--input", str(lines))
+    assert no_threshold.returncode == 2 and "calibrate" in no_threshold.stderr
+
+
+def test_predict_api_rejects_empty_input(model_copy):
+    from adaptive_exit import UsageError
+
+    with pytest.raises(UsageError, match="no texts"):
+        MultiExitModel.from_pretrained(model_copy).predict([], threshold=0.5)
+
+
+def test_benchmark_reports_every_figure(cli, model_copy):
+    import json
+
+    done = cli("benchmark", str(model_copy), "--threshold", "0.6", "--json", "--repeats", "1",
+               "--max-eval-samples", "16", "--batch-sizes", "1", "4")
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    for size in ("1", "4"):
+        row = report["batch_sizes"][size]
+        assert {"layer_speedup", "flops_ratio", "measured_speedup", "efficiency"} <= set(row)
+        assert 1.0 <= row["layer_speedup"] <= 2.0 and row["flops_ratio"] > 0.5
+        assert row["efficiency"] == pytest.approx(row["measured_speedup"] / row["layer_speedup"])
