@@ -4,6 +4,7 @@ This module is the public API that plugins use.
 """
 
 from .backbones import Backbone, Encoder
+from .calibration import calibrate_model_dir, choose_threshold
 from .data import DatasetSource, TaskData
 from .errors import UsageError
 from .evaluation import CurvePoint, EvaluationResult, sweep
@@ -17,5 +18,6 @@ from .weighting import Weighting, WeightingLoss
 __all__ = [
     "Backbone", "CurvePoint", "DatasetSource", "Encoder", "EvaluationResult", "ExitOutputs", "MultiExitModel",
     "NoOptions", "RunInfo", "Signal", "TaskData", "TemperatureOptions", "UsageError", "Weighting", "WeightingLoss",
-    "exit_condition", "exit_cross_entropy", "hookimpl", "layer_speedup", "simulate_exits", "sweep",
+    "calibrate_model_dir", "choose_threshold", "exit_condition", "exit_cross_entropy", "hookimpl", "layer_speedup",
+    "simulate_exits", "sweep",
 ]

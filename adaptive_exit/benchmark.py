@@ -10,7 +10,7 @@ import torch
 
 from .data import load_task, make_loader, tokenize
 from .errors import UsageError
-from .inference import _text_args, early_exit_forward, final_forward, model_signal, stored_threshold
+from .inference import early_exit_forward, final_forward, model_signal, stored_threshold, text_columns
 from .model import MultiExitModel, pool, pooling_weights
 
 
@@ -65,7 +65,7 @@ def benchmark_model_dir(model_dir: str, threshold: float | None = None, batch_si
     task = load_task(DataConfig.model_validate(data_values))
     texts = task.splits[split]
     tokenized = tokenize(task, model.tokenizer, data_values["max_length"], (split,))[split]
-    columns = _text_args([{f: row[f] for f in task.text_fields} for row in texts], list(task.text_fields))
+    columns = text_columns([{f: row[f] for f in task.text_fields} for row in texts], list(task.text_fields))
     report: dict[str, Any] = {"threshold": threshold, "signal": signal_obj.name, "samples": len(tokenized),
                               "device": "cpu", "torch_threads": torch.get_num_threads(), "batch_sizes": {}}
     for batch_size in batch_sizes:

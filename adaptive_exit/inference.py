@@ -45,35 +45,44 @@ def early_exit_forward(model: Any, input_ids: torch.Tensor, attention_mask: torc
     mask = attention_mask
     layer_mask = encoder.layer_mask(mask, hidden.dtype)
     weights = pooling_weights(mask, model.pooling, hidden.dtype)
-    active = torch.arange(batch, device=input_ids.device)
-    exit_index = torch.full((batch,), num_exits - 1, dtype=torch.long, device=input_ids.device)
+    active: torch.Tensor | None = None  # original rows still in the batch; None while it is all of them
     answers: torch.Tensor | None = None
+    exit_index = torch.full((batch,), num_exits - 1, dtype=torch.long, device=input_ids.device)
     history: tuple[torch.Tensor, torch.Tensor] | None = None
     for index in range(num_exits):
         hidden = encoder.run_layer(index, hidden, layer_mask)
         pooled, logits = model.exit_output(index, hidden, weights)
-        if answers is None:
-            answers = logits.new_empty(batch, logits.shape[-1])
+        rows = slice(None) if active is None else active
         if index == num_exits - 1:
-            answers[active] = logits
+            if answers is None:
+                return EarlyExitOutput(logits, exit_index)
+            answers[rows] = logits
             break
         if signal.uses_history:
             if history is None:
                 history = (logits.new_zeros(num_exits, batch, logits.shape[-1]),
                            pooled.new_zeros(num_exits, batch, pooled.shape[-1]))
-            history[0][index, active] = logits
-            history[1][index, active] = pooled
-            view = ExitOutputs(history[0][: index + 1, active], history[1][: index + 1, active])
+            history[0][index, rows] = logits
+            history[1][index, rows] = pooled
+            view = ExitOutputs(history[0][: index + 1, rows], history[1][: index + 1, rows])
         else:
             view = ExitOutputs(logits.unsqueeze(0), pooled.unsqueeze(0))
         leave = exit_condition(signal.score(view)[-1], threshold, signal.exit_when)
         leaving = int(leave.sum())
         if leaving == 0:
             continue
+        if leaving == logits.shape[0]:  # everybody still here leaves now
+            exit_index[rows] = index
+            if answers is None:
+                return EarlyExitOutput(logits, exit_index)
+            answers[rows] = logits
+            break
+        if answers is None:
+            answers = logits.new_empty(batch, logits.shape[-1])
+        if active is None:
+            active = torch.arange(batch, device=input_ids.device)
         answers[active[leave]] = logits[leave]
         exit_index[active[leave]] = index
-        if leaving == active.numel():
-            break
         stay = ~leave
         active, hidden, mask = active[stay], hidden[stay], mask[stay]
         hidden, mask = _trim_padding(hidden, mask)
@@ -122,7 +131,7 @@ def stored_threshold(model: Any, signal_name: str) -> float:
     return float(calibration["threshold"])
 
 
-def _text_args(items: list[Any], fields: list[str]) -> list[list[str]]:
+def text_columns(items: list[Any], fields: list[str]) -> list[list[str]]:
     """Columns of text for the tokenizer: one list per text field."""
     from .errors import UsageError
 
@@ -160,7 +169,7 @@ def predict(model: Any, texts: list[Any], threshold: float | None = None, batch_
         threshold = stored_threshold(model, signal_obj.name)
     fields = model.config["text_fields"]
     max_length = model.config["run"]["data"]["max_length"]
-    columns = _text_args(list(texts), fields)
+    columns = text_columns(list(texts), fields)
     order = sorted(range(len(texts)), key=lambda i: sum(len(c[i]) for c in columns))
     labels = model.config["label_names"]
     results: list[dict[str, Any] | None] = [None] * len(texts)

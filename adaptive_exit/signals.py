@@ -79,7 +79,8 @@ class Signal(torch.nn.Module):
 
 def _scaled(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """Logits divided by the temperature, bounded to +-1e30 so that no finite logit leads to inf or NaN."""
-    return (logits.float() / temperature).clamp(-1e30, 1e30)
+    scaled = logits.float() if temperature == 1.0 else logits.float() / temperature
+    return scaled.clamp(-1e30, 1e30)
 
 
 class Entropy(Signal):

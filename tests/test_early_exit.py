@@ -132,12 +132,24 @@ def test_calibrate_stores_threshold_used_by_predict(cli, model_copy):
     assert same == [answers[2], answers[0]]
 
 
-def test_calibrate_max_drop(cli, model_copy):
-    import json
+def test_calibrate_logs_to_mlflow(cli, model_copy, env):
+    from mlflow.tracking import MlflowClient
 
-    done = cli("calibrate", str(model_copy), "--max-drop", "100", "--json", "--no-track", "--max-eval-samples", "48")
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert json.loads(done.stdout)["speedup"] == 2.0  # any drop allowed: everybody leaves at exit 1
+    assert cli("calibrate", str(model_copy), "--target-speedup", "1.2", "--max-eval-samples", "48").returncode == 0
+    client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.data.tags["adaptive_exit.command"] == "calibrate" and run.info.status == "FINISHED"
+    assert run.data.metrics["calibrated_speedup"] >= 1.2 and "calibrated_threshold" in run.data.metrics
+
+
+def test_calibrate_max_drop_python_api(model_copy, env, monkeypatch):
+    from adaptive_exit import calibrate_model_dir
+
+    monkeypatch.setenv("ADAPTIVE_EXIT_CACHE", env["ADAPTIVE_EXIT_CACHE"])
+    stored = calibrate_model_dir(str(model_copy), max_drop=100, max_samples=48, track=False)
+    assert stored["speedup"] == 2.0  # any drop allowed: everybody leaves at exit 1
+    strict = calibrate_model_dir(str(model_copy), max_drop=0, max_samples=48, track=False)
+    assert strict["metric"] >= strict["full_metric"]
 
 
 def test_unreachable_target_names_the_range(cli, model_copy):
