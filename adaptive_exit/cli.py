@@ -214,6 +214,20 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_saved_model_args(parser: argparse.ArgumentParser, json_help: str, dataset: bool = True,
+                          track: bool = True) -> None:
+    """The arguments of commands that read a saved model and a split of its data."""
+    parser.add_argument("model_dir", help="a directory written by `train`")
+    parser.add_argument("--signal", help="exit signal (default: the one the model was trained with)")
+    if dataset:
+        parser.add_argument("--dataset", help="dataset (default: the one the model was trained on)")
+    parser.add_argument("--split", choices=("validation", "test"), default="validation", help="split (default: validation)")
+    parser.add_argument("--max-eval-samples", type=int, metavar="N", help="use only the first N samples")
+    parser.add_argument("--json", action="store_true", help=json_help)
+    if track:
+        parser.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+
+
 def make_parser(argv: list[str]) -> argparse.ArgumentParser:
     """The argument parser; plugin option flags are added only for the command being run."""
     parser = argparse.ArgumentParser(
@@ -241,16 +255,10 @@ def make_parser(argv: list[str]) -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate", help="threshold sweep of a saved model",
                               description="Run all exits once over a split, then report metric, layer speed-up and "
                                           "exit counts for every threshold of a grid.")
-    evaluate.add_argument("model_dir", help="a directory written by `train`")
-    evaluate.add_argument("--signal", help="exit signal (default: the one the model was trained with)")
-    evaluate.add_argument("--dataset", help="dataset (default: the one the model was trained on)")
-    evaluate.add_argument("--split", choices=("validation", "test"), default="validation", help="split (default: validation)")
+    _add_saved_model_args(evaluate, "print the results as JSON")
     evaluate.add_argument("--thresholds", type=float, nargs="+", metavar="T",
                           help="thresholds to sweep (default: a grid over the signal's observed range)")
-    evaluate.add_argument("--max-eval-samples", type=int, metavar="N", help="use only the first N samples")
     evaluate.add_argument("--batch-size", type=int, default=64, help="batch size (default: 64)")
-    evaluate.add_argument("--json", action="store_true", help="print the results as JSON")
-    evaluate.add_argument("--no-track", action="store_true", help="do not log to MLflow")
     if command == "evaluate":
         _add_plugin_option_flags(evaluate, _dests(evaluate), ("signals",))
     evaluate.set_defaults(func=cmd_evaluate)
@@ -259,16 +267,10 @@ def make_parser(argv: list[str]) -> argparse.ArgumentParser:
                                description="Sweep the validation split and store in MODEL_DIR the threshold with the "
                                            "best metric at --target-speedup or more (or the fastest within --max-drop "
                                            "points of the full model); predict and benchmark use it from then on.")
-    calibrate.add_argument("model_dir", help="a directory written by `train`")
+    _add_saved_model_args(calibrate, "print what was stored as JSON")
     goal = calibrate.add_mutually_exclusive_group(required=True)
     goal.add_argument("--target-speedup", type=float, metavar="X", help="minimum layer speed-up, e.g. 2.0")
     goal.add_argument("--max-drop", type=float, metavar="D", help="largest metric drop in points (0.5 = 0.005 accuracy)")
-    calibrate.add_argument("--signal", help="exit signal (default: the model's)")
-    calibrate.add_argument("--dataset", help="dataset (default: the model's)")
-    calibrate.add_argument("--split", choices=("validation", "test"), default="validation", help="(default: validation)")
-    calibrate.add_argument("--max-eval-samples", type=int, metavar="N", help="use only the first N samples")
-    calibrate.add_argument("--json", action="store_true", help="print what was stored as JSON")
-    calibrate.add_argument("--no-track", action="store_true", help="do not log to MLflow")
     calibrate.set_defaults(func=cmd_calibrate)
 
     predict = sub.add_parser("predict", help="early-exit predictions for texts, as JSON lines",
@@ -286,14 +288,10 @@ def make_parser(argv: list[str]) -> argparse.ArgumentParser:
                            description="Time the full model and early exit on the same tokenized evaluation inputs "
                                        "(interleaved, median of repeats after warm-up) at the stored threshold, and "
                                        "report layer speed-up, FLOPs ratio, measured speed-up and their ratio.")
-    bench.add_argument("model_dir", help="a directory written by `train`")
+    _add_saved_model_args(bench, "print the report as JSON", dataset=False, track=False)
     bench.add_argument("--threshold", type=float, help="exit threshold (default: the calibrated one)")
-    bench.add_argument("--signal", help="exit signal (default: the model's)")
     bench.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32], metavar="B", help="(default: 1 32)")
     bench.add_argument("--repeats", type=int, default=5, help="timed repeats per path (default: 5)")
-    bench.add_argument("--split", choices=("validation", "test"), default="validation", help="(default: validation)")
-    bench.add_argument("--max-eval-samples", type=int, metavar="N", help="use only the first N samples")
-    bench.add_argument("--json", action="store_true", help="print the report as JSON")
     bench.set_defaults(func=cmd_benchmark)
 
     plugins = sub.add_parser("plugins", help="list signals, weightings, backbones and datasets with their plugins")
