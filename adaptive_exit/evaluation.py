@@ -12,7 +12,7 @@ from .exits import ExitOutputs, simulate_exits
 from .metrics import compute
 from .signals import Signal
 
-SPEEDUP_MARKS = (1.5, 2.0, 3.0)
+SPEEDUP_MARKS = (1.5, 2.0, 3.0, 4.0)
 
 
 @dataclass

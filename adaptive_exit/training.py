@@ -78,7 +78,8 @@ def chosen_plugins(config: RunConfig) -> dict[str, dict[str, str]]:
     return described
 
 
-def _optimizer(model: MultiExitModel, signal: torch.nn.Module, config: RunConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: MultiExitModel, signal: torch.nn.Module, config: RunConfig) -> torch.optim.Optimizer:
+    """AdamW with the encoder at --lr and the exit heads and signal at --head-lr; no decay on biases and norms."""
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
     groups = []
     for params, lr in ((model.encoder.named_parameters(), config.train.lr),
@@ -90,7 +91,7 @@ def _optimizer(model: MultiExitModel, signal: torch.nn.Module, config: RunConfig
     return torch.optim.AdamW([g for g in groups if g["params"]])
 
 
-class _Trainable(torch.nn.Module):
+class Trainable(torch.nn.Module):
     """Model and signal as one module, so DDP synchronises the signal's parameters too."""
 
     def __init__(self, model: MultiExitModel, signal: torch.nn.Module):
@@ -100,6 +101,31 @@ class _Trainable(torch.nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> Any:
         return self.model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+
+
+def train_step(forward: torch.nn.Module, model: MultiExitModel, signal: torch.nn.Module, weighting: Any,
+               optimizer: torch.optim.Optimizer, scheduler: Any, batch: dict[str, torch.Tensor], step: int,
+               max_grad_norm: float) -> dict[str, float]:
+    """One optimizer step on ``batch`` (``step``: steps taken so far); returns the terms worth logging.
+
+    ``forward`` maps the batch to ``ExitOutputs`` (the model and signal, possibly wrapped by DDP).
+    """
+    weighting.start_step(model, step)
+    outputs = forward(batch)
+    loss = weighting.loss(outputs, batch["labels"], step)
+    total = loss.total
+    logs = dict(loss.logs)
+    signal_loss = signal.loss(outputs, batch["labels"])
+    if signal_loss is not None:
+        total = total + signal_loss
+        logs["signal_loss"] = float(signal_loss.detach())
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    torch.nn.utils.clip_grad_norm_([*model.parameters(), *signal.parameters()], max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    logs.update(loss=float(total.detach()), lr=scheduler.get_last_lr()[0])
+    return logs
 
 
 def model_config(config: RunConfig, task: Any, num_labels: int) -> dict[str, Any]:
@@ -156,11 +182,11 @@ def train(config: RunConfig) -> tuple[EvaluationResult | None, str | None]:
         total_steps = len(train_loader) * config.train.epochs
         weighting = create("weightings", config.weighting.name, config.weighting.options, signal=signal,
                            num_exits=model.num_exits, total_steps=total_steps)
-        trainable = _Trainable(model, signal)
+        trainable = Trainable(model, signal)
         # weightings may freeze parameters for a stage, so some parameters can get no gradient in a step
         wrapped = (torch.nn.parallel.DistributedDataParallel(trainable, find_unused_parameters=True)
                    if dist.world_size > 1 else trainable)
-        optimizer = _optimizer(model, signal, config)
+        optimizer = make_optimizer(model, signal, config)
         from transformers import get_linear_schedule_with_warmup
 
         scheduler = get_linear_schedule_with_warmup(optimizer, int(config.train.warmup_ratio * total_steps),
@@ -176,21 +202,10 @@ def train(config: RunConfig) -> tuple[EvaluationResult | None, str | None]:
                        mininterval=1.0, dynamic_ncols=True)
             for batch in bar:
                 batch = {k: v.to(dist.device) for k, v in batch.items()}
-                outputs = wrapped(batch)
-                loss = weighting.loss(outputs, batch["labels"], step)
-                total = loss.total
-                logs = dict(loss.logs)
-                signal_loss = signal.loss(outputs, batch["labels"])
-                if signal_loss is not None:
-                    total = total + signal_loss
-                    logs["signal_loss"] = float(signal_loss.detach())
-                optimizer.zero_grad(set_to_none=True)
-                total.backward()
-                torch.nn.utils.clip_grad_norm_(trainable.parameters(), config.train.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
+                logs = train_step(wrapped, model, signal, weighting, optimizer, scheduler, batch, step,
+                                  config.train.max_grad_norm)
                 step += 1
-                logs.update(loss=float(total.detach()), lr=scheduler.get_last_lr()[0], epoch=epoch + 1)
+                logs["epoch"] = epoch + 1
                 bar.set_postfix(loss=f"{logs['loss']:.4f}", refresh=False)
                 if dist.main:
                     call_lifecycle("on_step_end", run=run, step=step, logs=logs)

@@ -25,9 +25,10 @@ class Weighting:
     """A training objective over all exits, possibly stateful.
 
     Subclasses set ``name`` and ``Options`` (a pydantic model; each field becomes a command-line
-    flag) and implement ``loss``. ``start_epoch`` may freeze or unfreeze parameters for training
-    stages; ``loss`` receives the optimizer step so it can follow schedules or alternate objectives;
-    ``end_epoch`` may update statistics gathered during the epoch.
+    flag) and implement ``loss``. ``start_epoch`` and ``start_step`` may freeze or unfreeze parameters
+    for training stages; ``loss`` receives the optimizer step so it can follow schedules or alternate
+    objectives; ``end_epoch`` may update statistics gathered during the epoch. A parameter frozen with
+    ``requires_grad_(False)`` gets no gradient and the optimizer leaves it exactly as it is.
     """
 
     name: ClassVar[str] = ""
@@ -41,6 +42,10 @@ class Weighting:
 
     def start_epoch(self, model: torch.nn.Module, epoch: int) -> None:
         """Called before each epoch (0-based) with the unwrapped ``MultiExitModel``."""
+
+    def start_step(self, model: torch.nn.Module, step: int) -> None:
+        """Called before each batch's forward pass with the unwrapped ``MultiExitModel`` and the optimizer
+        steps taken so far."""
 
     def loss(self, outputs: ExitOutputs, labels: torch.Tensor, step: int) -> WeightingLoss:
         """The loss for one batch; ``step`` is the number of optimizer steps taken so far."""

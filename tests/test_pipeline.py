@@ -59,7 +59,7 @@ def test_evaluate_json_with_any_signal(cli, trained_model):
     assert set(result["curve"][0]) == {"threshold", "speedup", "metric", "exit_counts"}
     assert {p["speedup"] for p in result["curve"]} >= {1.0, 2.0}
     assert all(sum(p["exit_counts"]) == 40 for p in result["curve"])
-    assert set(result["metric_at"]) == {"1.5", "2", "3"} and result["metric_at"]["3"] is None
+    assert set(result["metric_at"]) == {"1.5", "2", "3", "4"} and result["metric_at"]["3"] is None
 
 
 def test_evaluate_given_thresholds_and_table(cli, trained_model):

@@ -75,7 +75,7 @@ def test_auc_and_interpolated_marks():
     auc, at = summarize_curve(curve)
     # trapezoids: (0.9 + 0.8) / 2 + (0.8 + 0.6) / 2 = 1.55 over a span of 2
     assert auc == pytest.approx(0.775)
-    assert at == {"1.5": pytest.approx(0.85), "2": pytest.approx(0.8), "3": pytest.approx(0.6)}
+    assert at == {"1.5": pytest.approx(0.85), "2": pytest.approx(0.8), "3": pytest.approx(0.6), "4": None}
     assert summarize_curve(curve[:2])[1]["3"] is None
 
 
