@@ -1,4 +1,4 @@
-"""The ``adaptive-exit`` command line: train, evaluate, calibrate, predict, benchmark, plugins."""
+"""The ``adaptive-exit`` command line: train, sweep, evaluate, calibrate, predict, benchmark, plugins."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
@@ -127,6 +128,78 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _declared_options(config: dict[str, Any]) -> set[str]:
+    """The option fields that the chosen signal and weighting of a (not yet validated) config declare."""
+    from .plugins import lookup
+
+    declared: set[str] = set()
+    for section, kind in (("signal", "signals"), ("weighting", "weightings")):
+        declared |= set(lookup(kind, config[section]["name"]).cls.Options.model_fields)
+    return declared
+
+
+def sweep_children(args: argparse.Namespace) -> tuple[list[Any], dict[str, list[str]], str, str]:
+    """The sweep's child configurations (duplicates removed), its grid by field name, experiment and output directory."""
+    import datetime
+    import re
+
+    from .config import RunConfig
+    from .sweeps import SweepChild, expand_grid
+    from .training import resolve_options
+
+    values = vars(args)
+    grid = {key: [v.strip() for v in value.split(",") if v.strip()] for key, value in values.items()
+            if isinstance(value, str) and "," in value
+            and (key in ("signal", "weighting") or "." in key or key.startswith("option:"))}
+    grid = dict(sorted(grid.items(), key=lambda item: {"weighting": 0, "signal": 1}.get(item[0], 2)))
+    label = {key: key.split(":", 1)[1] if ":" in key else key.rsplit(".", 1)[-1] for key in grid}
+    first = {**values, **{k: v[0] for k, v in grid.items()}}
+    base = build_run_config(argparse.Namespace(**{k: v for k, v in first.items() if not k.startswith("option:")}))
+    experiment = values.get("experiment") or base.tracking.experiment or (
+        base.data.dataset if "data.dataset" not in grid else "sweep")
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    output_dir = values.get("output_dir") or f"outputs/sweep-{stamp}"
+    if Path(output_dir).exists() and any(Path(output_dir).iterdir()):
+        raise UsageError(f"output directory '{output_dir}' exists and is not empty; pass another --output-dir")
+    children, seen, used = [], set(), set()
+    for combo in expand_grid(grid):
+        chosen = {**values, **combo}
+        raw = RunConfig().model_dump()
+        for section in ("signal", "weighting"):
+            raw[section] = {"name": chosen.get(section) or getattr(base, section).name}
+        declared = _declared_options(raw)
+        applies = {k: v for k, v in combo.items() if not k.startswith("option:") or label[k] in declared}
+        chosen = {k: v for k, v in chosen.items() if not k.startswith("option:") or k.split(":", 1)[1] in declared}
+        used |= {k for k in chosen if k.startswith("option:")}
+        name = " ".join(f"{label[k]}={v}" for k, v in applies.items()) or "base"
+        group = " ".join(f"{label[k]}={v}" for k, v in applies.items() if k != "train.seed") or "base"
+        chosen["output_dir"] = str(Path(output_dir) / re.sub(r"[^A-Za-z0-9_.=-]+", "_", name))
+        chosen["experiment"] = experiment
+        config = resolve_options(build_run_config(argparse.Namespace(**chosen)))
+        key = json.dumps(config.model_dump(exclude={"output_dir"}), sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            children.append(SweepChild(name, group, config))
+    unused = sorted(_flag(k.split(":", 1)[1]) for k in values if k.startswith("option:") and k not in used)
+    if unused:
+        raise UsageError(f"{', '.join(unused)} applies to none of the sweep's signals and weightings")
+    return children, {label[key]: value for key, value in grid.items()}, experiment, output_dir
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .sweeps import run_sweep
+
+    children, grid, experiment, output_dir = sweep_children(args)
+    print(f"sweep: {len(children)} configuration(s): " + "; ".join(c.name for c in children), file=sys.stderr)
+    comparison = run_sweep(children, experiment, output_dir, tracking=not args.no_track, grid=grid,
+                           title=f"sweep over {', '.join(grid) or 'one configuration'}")
+    print(comparison.table())
+    print(f"\nComparison (comparison.csv, comparison.json, comparison.png) and models saved to {output_dir}")
+    if not args.no_track:
+        print(MLFLOW_UI_HINT)
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate_model_dir
 
@@ -155,8 +228,6 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 def _read_inputs(source: str) -> list[Any]:
     """Texts from a file or standard input ('-'): one per line, or JSON lines."""
-    from pathlib import Path
-
     if source == "-":
         raw = sys.stdin.read()
     elif not Path(source).is_file():
@@ -228,6 +299,21 @@ def _add_saved_model_args(parser: argparse.ArgumentParser, json_help: str, datas
         parser.add_argument("--no-track", action="store_true", help="do not log to MLflow")
 
 
+def _add_train_arguments(parser: argparse.ArgumentParser, with_plugin_options: bool) -> None:
+    """The flags of `train` (and of `sweep`, where each may hold a comma-separated list)."""
+    parser.add_argument("--config", metavar="FILE", help="YAML file with sections model, data, train, signal, "
+                                                          "weighting, tracking, output_dir; flags override it")
+    parser.add_argument("--signal", help="exit signal (default: entropy)")
+    parser.add_argument("--weighting", help="training weighting scheme (default: uniform)")
+    parser.add_argument("--output-dir", help="where to save the model (default: outputs/<dataset>-<weighting>-"
+                                             "<signal>-<time>; a sweep: outputs/sweep-<time>, a folder per child)")
+    parser.add_argument("--experiment", help="MLflow experiment (default: the dataset name)")
+    parser.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    _add_config_flags(parser)
+    if with_plugin_options:
+        _add_plugin_option_flags(parser, _dests(parser), ("signals", "weightings"))
+
+
 def make_parser(argv: list[str]) -> argparse.ArgumentParser:
     """The argument parser; plugin option flags are added only for the command being run."""
     parser = argparse.ArgumentParser(
@@ -240,17 +326,18 @@ def make_parser(argv: list[str]) -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a multi-exit model, evaluate it, save it, log it to MLflow",
                            description="Train a multi-exit model, run the threshold sweep on the evaluation split, "
                                        "save the model to --output-dir and log everything to MLflow.")
-    train.add_argument("--config", metavar="FILE", help="YAML file with sections model, data, train, signal, "
-                                                         "weighting, tracking, output_dir; flags override it")
-    train.add_argument("--signal", help="exit signal (default: entropy)")
-    train.add_argument("--weighting", help="training weighting scheme (default: uniform)")
-    train.add_argument("--output-dir", help="where to save the model (default: outputs/<dataset>-<weighting>-<signal>-<time>)")
-    train.add_argument("--experiment", help="MLflow experiment (default: the dataset name)")
-    train.add_argument("--no-track", action="store_true", help="do not log to MLflow")
-    _add_config_flags(train)
-    if command == "train":
-        _add_plugin_option_flags(train, _dests(train), ("signals", "weightings"))
+    _add_train_arguments(train, command == "train")
     train.set_defaults(func=cmd_train)
+
+    sweep = sub.add_parser("sweep", help="train a grid of configurations as child runs of one MLflow parent run",
+                           description="Train every combination of the comma-separated values given to any train "
+                                       "flag (--weighting cosee,uniform --signal entropy,energy --seed 1,2,3 "
+                                       "--beta0 1,10), each as a child run of one MLflow parent run. The parent holds "
+                                       "the comparison: a table (comparison.csv, comparison.json) and one plot of "
+                                       "every configuration's curve, averaged over seeds. A plugin option applies "
+                                       "only to the children whose signal or weighting declares it.")
+    _add_train_arguments(sweep, command == "sweep")
+    sweep.set_defaults(func=cmd_sweep)
 
     evaluate = sub.add_parser("evaluate", help="threshold sweep of a saved model",
                               description="Run all exits once over a split, then report metric, layer speed-up and "

@@ -88,7 +88,7 @@ def collect_outputs(model: torch.nn.Module, batches: Iterable[dict[str, torch.Te
     return ExitOutputs(torch.cat(logits, 1), torch.cat(pooled, 1)), torch.cat(labels)
 
 
-def _interpolate(speedups: np.ndarray, metrics: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def unique_curve(speedups: np.ndarray, metrics: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Unique speed-ups in increasing order, with the mean metric of points sharing one."""
     unique, inverse = np.unique(np.round(speedups, 9), return_inverse=True)
     sums = np.bincount(inverse, weights=metrics)
@@ -98,7 +98,7 @@ def _interpolate(speedups: np.ndarray, metrics: np.ndarray) -> tuple[np.ndarray,
 def summarize_curve(curve: list[CurvePoint], marks: Iterable[float] = SPEEDUP_MARKS) -> tuple[float, dict[str, float | None]]:
     """Area under the metric / layer-speed-up curve divided by its speed-up span (a mean metric), and the
     metric linearly interpolated at each mark (``None`` past the curve's range)."""
-    xs, ys = _interpolate(np.array([p.speedup for p in curve]), np.array([p.metric for p in curve]))
+    xs, ys = unique_curve(np.array([p.speedup for p in curve]), np.array([p.metric for p in curve]))
     area = float(((ys[1:] + ys[:-1]) / 2 * np.diff(xs)).sum())
     auc = area / float(xs[-1] - xs[0]) if xs[-1] > xs[0] else float(ys[0])
     at = {f"{m:g}": (float(np.interp(m, xs, ys)) if xs[0] <= m <= xs[-1] else None) for m in marks}

@@ -45,7 +45,7 @@ def register_datasets(register: Callable[[type], None]) -> None:
 
 @hookspec
 def on_run_start(run: Any) -> None:
-    """A ``train`` or ``evaluate`` command starts. ``run`` is an ``adaptive_exit.RunInfo``.
+    """A ``train``, ``evaluate``, ``calibrate`` or ``sweep`` run starts. ``run`` is an ``adaptive_exit.RunInfo``.
 
     Called in the main process only (rank 0 under ``torchrun``).
     """
@@ -62,6 +62,15 @@ def on_evaluate_end(run: Any, results: Any) -> None:
 
     ``results.epoch`` is the epoch number for the per-epoch check during training and ``None`` for the
     final sweep.
+    """
+
+
+@hookspec
+def on_sweep_end(run: Any, comparison: Any) -> None:
+    """A ``sweep`` ran all its child runs. ``comparison`` is an ``adaptive_exit.Comparison``.
+
+    Called before ``on_run_end`` of the sweep's own run; each child run had its own lifecycle, with
+    ``run.parent`` set to the sweep's ``RunInfo``.
     """
 
 

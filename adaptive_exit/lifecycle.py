@@ -15,7 +15,8 @@ class RunInfo:
     """One ``train`` or ``evaluate`` command, as trackers see it.
 
     ``config`` is the nested run configuration; ``plugins`` maps each chosen plugin kind to
-    ``{"name", "plugin", "version"}``; ``state`` is scratch space for trackers (the MLflow run id).
+    ``{"name", "plugin", "version"}``; ``state`` is scratch space for trackers (the MLflow run id);
+    ``parent`` is the ``sweep`` run a child run belongs to.
     """
 
     command: str
@@ -24,6 +25,7 @@ class RunInfo:
     experiment: str
     tracking: bool = True
     run_name: str | None = None
+    parent: "RunInfo | None" = None
     argv: list[str] = field(default_factory=lambda: list(sys.argv))
     state: dict[str, Any] = field(default_factory=dict)
 

@@ -46,20 +46,29 @@ def _git_commit() -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
+def _param(value: Any) -> Any:
+    """A parameter value MLflow accepts: lists as comma-separated text, cut to MLflow's 6000 characters."""
+    if isinstance(value, (list, tuple)):
+        value = ",".join(str(v) for v in value)
+    return value[:6000] if isinstance(value, str) else value
+
+
 @hookimpl
 def on_run_start(run: Any) -> None:
     if not run.tracking:
         return
     import mlflow
 
+    parent = run.parent.state.get(RUN_ID) if run.parent is not None and run.parent.tracking else None
     mlflow.set_experiment(run.experiment)
-    active = mlflow.start_run(run_name=run.run_name)
+    active = mlflow.start_run(run_name=run.run_name, nested=parent is not None, parent_run_id=parent)
     run.state[RUN_ID] = active.info.run_id
     params = {key: value for key, value in flatten(run.config).items()}
-    for kind, chosen in run.plugins.items():
-        params[f"plugin.{kind}"] = f"{chosen['name']} ({chosen['plugin']} {chosen['version']})"
-    mlflow.log_params({key: ("" if value is None else value) for key, value in params.items()})
     tags = {"adaptive_exit.command": run.command, "adaptive_exit.argv": " ".join(run.argv)}
+    for kind, chosen in run.plugins.items():
+        params[f"plugin.{kind}"] = tags[f"adaptive_exit.plugin.{kind}"] = (
+            f"{chosen['name']} ({chosen['plugin']} {chosen['version']})")
+    mlflow.log_params({key: ("" if value is None else _param(value)) for key, value in params.items()})
     commit = _git_commit()
     if commit:
         tags["mlflow.source.git.commit"] = commit
@@ -131,6 +140,17 @@ def on_evaluate_end(run: Any, results: Any) -> None:
     _log_metrics(client, run_id, values)
     with tempfile.TemporaryDirectory() as tmp:
         for path in _sweep_files(results, Path(tmp)):
+            client.log_artifact(run_id, str(path))
+
+
+@hookimpl
+def on_sweep_end(run: Any, comparison: Any) -> None:
+    found = _client_and_run(run)
+    if not found:
+        return
+    client, run_id = found
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in comparison.write(Path(tmp)):
             client.log_artifact(run_id, str(path))
 
 

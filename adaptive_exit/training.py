@@ -149,8 +149,12 @@ def resolve_options(config: RunConfig) -> RunConfig:
     return config.model_copy(update=resolved)
 
 
-def train(config: RunConfig) -> tuple[EvaluationResult | None, str | None]:
-    """Train, evaluate and save one model; returns the final evaluation and the output directory (rank 0)."""
+def train(config: RunConfig, parent: RunInfo | None = None,
+          run_name: str | None = None) -> tuple[EvaluationResult | None, str | None]:
+    """Train, evaluate and save one model; returns the final evaluation and the output directory (rank 0).
+
+    ``parent`` makes the run a child of a sweep's run; ``run_name`` names it (default: weighting-signal).
+    """
     dist = setup_distributed()
     output_dir = config.output_dir or default_output_dir(config)
     if Path(output_dir).exists() and any(Path(output_dir).iterdir()):
@@ -159,7 +163,8 @@ def train(config: RunConfig) -> tuple[EvaluationResult | None, str | None]:
     config = resolve_options(config)
     set_seed(config.train.seed)
     run = RunInfo("train", config.model_dump(), plugins, config.tracking.experiment or config.data.dataset,
-                  config.tracking.enabled, run_name=f"{config.weighting.name}-{config.signal.name}")
+                  config.tracking.enabled, run_name=run_name or f"{config.weighting.name}-{config.signal.name}",
+                  parent=parent)
     with lifecycle(run, active=dist.main) as outcome:
         if dist.main:
             task = load_task(config.data)

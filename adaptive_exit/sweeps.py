@@ -1,0 +1,191 @@
+"""Sweeps: a grid of training runs under one parent run, and the comparison table and plot they produce."""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import RunConfig
+from .evaluation import SPEEDUP_MARKS, EvaluationResult, unique_curve
+from .lifecycle import RunInfo, lifecycle
+from .plugins import call_lifecycle
+
+
+def expand_grid(values: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Every combination of the listed values, in the order given (the last key varies fastest)."""
+    keys = list(values)
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(values[k] for k in keys))]
+
+
+@dataclass
+class ChildResult:
+    """One child run of a comparison: its configuration's name, seed, final sweep and output directory."""
+
+    name: str
+    group: str
+    seed: int | None
+    result: EvaluationResult
+    output_dir: str | None = None
+
+
+def _mean_and_spread(values: list[float | None]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (0 for one value); ``None`` if any value is missing."""
+    if not values or any(v is None for v in values):
+        return None, None
+    mean = sum(values) / len(values)
+    spread = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return mean, spread
+
+
+def mean_curve(results: list[EvaluationResult], points: int = 100) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Speed-ups over the range every result covers, with the mean, minimum and maximum metric there."""
+    curves = [unique_curve(np.array([p.speedup for p in r.curve]), np.array([p.metric for p in r.curve]))
+              for r in results]
+    low, high = max(xs[0] for xs, _ in curves), min(xs[-1] for xs, _ in curves)
+    grid = np.linspace(low, high, points) if high > low else np.array([low])
+    values = np.stack([np.interp(grid, xs, ys) for xs, ys in curves])
+    return grid, values.mean(0), values.min(0), values.max(0)
+
+
+@dataclass
+class Comparison:
+    """Child runs grouped by configuration (children differing only in seed share a group)."""
+
+    metric_name: str
+    children: list[ChildResult] = field(default_factory=list)
+    title: str = "comparison"
+
+    def groups(self) -> dict[str, list[ChildResult]]:
+        """Children by group, in the order the groups first appear."""
+        grouped: dict[str, list[ChildResult]] = {}
+        for child in self.children:
+            grouped.setdefault(child.group, []).append(child)
+        return grouped
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per group: seeds, and the mean and spread (sample std) of AUC and of the metric at each mark."""
+        name = self.metric_name
+        rows = []
+        for group, children in self.groups().items():
+            row: dict[str, Any] = {"configuration": group, "runs": len(children),
+                                   "seeds": " ".join(str(c.seed) for c in children)}
+            row["auc_mean"], row["auc_std"] = _mean_and_spread([c.result.auc for c in children])
+            for mark in SPEEDUP_MARKS:
+                key = f"{mark:g}"
+                row[f"{name}_at_{key}x_mean"], row[f"{name}_at_{key}x_std"] = _mean_and_spread(
+                    [c.result.metric_at.get(key) for c in children])
+            exits = len(children[0].result.per_exit_metric)
+            for i in range(exits):
+                row[f"exit_{i + 1}_{name}_mean"] = _mean_and_spread([c.result.per_exit_metric[i] for c in children])[0]
+            rows.append(row)
+        return rows
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON shape of ``comparison.json``."""
+        return {
+            "title": self.title,
+            "metric_name": self.metric_name,
+            "groups": self.rows(),
+            "children": [{"name": c.name, "configuration": c.group, "seed": c.seed, "output_dir": c.output_dir,
+                          **c.result.to_dict()} for c in self.children],
+        }
+
+    def write(self, directory: str | Path) -> list[Path]:
+        """``comparison.csv`` (one row per configuration), ``comparison.json`` and ``comparison.png``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        rows = self.rows()
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["configuration"])
+        writer.writeheader()
+        writer.writerows(rows)
+        csv_path = directory / "comparison.csv"
+        csv_path.write_text(buffer.getvalue())
+        json_path = directory / "comparison.json"
+        json_path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return [csv_path, json_path, self.plot(directory / "comparison.png")]
+
+    def plot(self, path: Path) -> Path:
+        """Every configuration's metric / layer speed-up curve in one figure: the mean over its seeds,
+        with the band between the lowest and highest seed where there are several."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        figure, axis = plt.subplots(figsize=(8, 5))
+        for group, children in self.groups().items():
+            grid, mean, low, high = mean_curve([c.result for c in children])
+            label = group if len(children) == 1 else f"{group} (mean of {len(children)} seeds)"
+            (line,) = axis.plot(grid, mean, label=label)
+            if len(children) > 1:
+                axis.fill_between(grid, low, high, color=line.get_color(), alpha=0.15)
+        axis.set_xlabel("layer speed-up (L·N / Σ exit layer)")
+        axis.set_ylabel(self.metric_name)
+        axis.set_title(self.title)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+        figure.tight_layout()
+        figure.savefig(path, dpi=120)
+        plt.close(figure)
+        return path
+
+    def table(self) -> str:
+        """A readable summary, one line per configuration."""
+        name = self.metric_name
+        marks = [f"{m:g}" for m in SPEEDUP_MARKS]
+
+        def cell(mean: float | None, spread: float | None) -> str:
+            return "n/a" if mean is None else f"{mean:.4f}±{spread:.4f}"
+
+        width = max([len("configuration"), *(len(r["configuration"]) for r in self.rows())])
+        header = f"{'configuration':<{width}} runs  {'AUC':>15}" + "".join(f" {name + '@' + m + 'x':>15}" for m in marks)
+        lines = [header]
+        for row in self.rows():
+            cells = [cell(row["auc_mean"], row["auc_std"])]
+            cells += [cell(row[f"{name}_at_{m}x_mean"], row[f"{name}_at_{m}x_std"]) for m in marks]
+            lines.append(f"{row['configuration']:<{width}} {row['runs']:>4}  " + " ".join(f"{c:>15}" for c in cells))
+        return "\n".join(lines)
+
+
+@dataclass
+class SweepChild:
+    """One configuration of a sweep: its run name, the group it shares with other seeds, and its config."""
+
+    name: str
+    group: str
+    config: RunConfig
+
+
+def run_sweep(children: list[SweepChild], experiment: str, output_dir: str, tracking: bool = True,
+              grid: dict[str, list[Any]] | None = None, title: str = "sweep") -> Comparison:
+    """Train every child as a child run of one parent run; write and log the comparison.
+
+    The comparison files go to ``output_dir`` and, through ``on_sweep_end``, to the trackers. An
+    interrupt or failure ends the running child and the parent KILLED or FAILED; finished children stay.
+    """
+    from .training import train
+
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    parent = RunInfo("sweep", {"grid": grid or {}, "children": [c.name for c in children]}, {}, experiment,
+                     tracking, run_name=title)
+    with lifecycle(parent) as outcome:
+        comparison = None
+        for child in children:
+            result, child_dir = train(child.config, parent=parent, run_name=child.name)
+            if comparison is None:
+                comparison = Comparison(result.metric_name, title=title)
+            comparison.children.append(ChildResult(child.name, child.group, child.config.train.seed, result,
+                                                   child_dir))
+        comparison.write(output_dir)
+        call_lifecycle("on_sweep_end", run=parent, comparison=comparison)
+        outcome["output_dir"] = output_dir
+    return comparison
