@@ -13,10 +13,11 @@ from .hookspecs import hookimpl
 from .lifecycle import RunInfo
 from .model import MultiExitModel
 from .signals import NoOptions, Signal, TemperatureOptions
+from .sweeps import ChildResult, Comparison
 from .weighting import Weighting, WeightingLoss
 
 __all__ = [
-    "Backbone", "CurvePoint", "DatasetSource", "Encoder", "EvaluationResult", "ExitOutputs", "MultiExitModel",
+    "Backbone", "ChildResult", "Comparison", "CurvePoint", "DatasetSource", "Encoder", "EvaluationResult", "ExitOutputs", "MultiExitModel",
     "NoOptions", "RunInfo", "Signal", "TaskData", "TemperatureOptions", "UsageError", "Weighting", "WeightingLoss",
     "calibrate_model_dir", "choose_threshold", "exit_condition", "exit_cross_entropy", "hookimpl", "layer_speedup",
     "simulate_exits", "sweep",

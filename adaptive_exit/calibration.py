@@ -27,6 +27,14 @@ def choose_threshold(result: EvaluationResult, target_speedup: float | None = No
     return max(within, key=lambda p: (p.speedup, p.metric))
 
 
+def calibration_record(result: EvaluationResult, point: CurvePoint, split: str, target_speedup: float | None,
+                       max_drop: float | None) -> dict[str, Any]:
+    """What a model directory stores under ``calibration``: the chosen threshold and how it was chosen."""
+    return {"signal": result.signal, "threshold": point.threshold, "speedup": point.speedup, "metric": point.metric,
+            "metric_name": result.metric_name, "full_metric": result.per_exit_metric[-1], "split": split,
+            "target_speedup": target_speedup, "max_drop": max_drop}
+
+
 def calibrate_model_dir(model_dir: str, target_speedup: float | None = None, max_drop: float | None = None,
                         signal: str | None = None, dataset: str | None = None, split: str = "validation",
                         max_samples: int | None = None, track: bool = True) -> dict[str, Any]:
@@ -39,9 +47,7 @@ def calibrate_model_dir(model_dir: str, target_speedup: float | None = None, max
 
     def finish(result: EvaluationResult) -> None:
         point = choose_threshold(result, target_speedup, max_drop)
-        stored.update(signal=result.signal, threshold=point.threshold, speedup=point.speedup, metric=point.metric,
-                      metric_name=result.metric_name, full_metric=result.per_exit_metric[-1], split=split,
-                      target_speedup=target_speedup, max_drop=max_drop)
+        stored.update(calibration_record(result, point, split, target_speedup, max_drop))
         result.extra.update(calibrated_threshold=point.threshold, calibrated_speedup=point.speedup,
                             calibrated_metric=point.metric)
         update_model_config(model_dir, "calibration", stored)

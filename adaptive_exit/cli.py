@@ -387,7 +387,8 @@ def make_parser(argv: list[str]) -> argparse.ArgumentParser:
     return parser
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
+    """Keep library log chatter and deprecation warnings off the terminal."""
     import os
     import warnings
 
@@ -402,7 +403,7 @@ def _quiet_libraries() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``adaptive-exit`` command; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    _quiet_libraries()
+    quiet_libraries()
     try:
         args = make_parser(argv).parse_args(argv)
         return args.func(args)

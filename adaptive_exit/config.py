@@ -46,6 +46,9 @@ class TrainConfig(_Strict):
     warmup_ratio: float = Field(0.1, ge=0, le=1, description="fraction of steps with linear warm-up")
     max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
     seed: int = Field(42, description="random seed for data order, dropout and thresholds")
+    calibrate_speedup: float | None = Field(
+        2.0, ge=1.0, description="after training, store the threshold with the best evaluation-split metric at this "
+                                 "layer speed-up or more, as `calibrate --target-speedup` would (predict's default)")
 
 
 class PluginChoice(_Strict):
@@ -56,6 +59,7 @@ class PluginChoice(_Strict):
 class TrackingConfig(_Strict):
     enabled: bool = Field(True, description="log the run to MLflow")
     experiment: str | None = Field(None, description="MLflow experiment (default: the dataset name)")
+    log_model: bool = Field(True, description="log the trained model as an MLflow pyfunc model")
 
 
 class RunConfig(_Strict):

@@ -133,10 +133,12 @@ def evaluate_model_dir(model_dir: str, signal: str | None = None, signal_options
                        dataset: str | None = None, split: str = "validation", thresholds: list[float] | None = None,
                        max_samples: int | None = None, batch_size: int = 64, track: bool = True,
                        command: str = "evaluate",
-                       finish: Callable[[EvaluationResult], None] | None = None) -> EvaluationResult:
+                       finish: Callable[[EvaluationResult], None] | None = None,
+                       parent: Any = None, run_name: str | None = None) -> EvaluationResult:
     """Sweep a saved model on a split, with its own signal and dataset unless others are named.
 
     ``finish``, if given, sees the result before the trackers do (``calibrate`` picks its threshold there).
+    ``parent`` (a ``RunInfo``) makes the run a child run in the parent's experiment; ``run_name`` names it.
     """
     from pydantic import ValidationError
 
@@ -170,8 +172,8 @@ def evaluate_model_dir(model_dir: str, signal: str | None = None, signal_options
     described = {kind: {"name": signal_name if kind == "signal" else data_config.dataset if kind == "dataset"
                         else trained["backbone_type"], "plugin": entry.plugin, "version": entry.version}
                  for kind, entry in plugins.items()}
-    run = RunInfo(command, config, described, experiment=data_config.dataset, tracking=track,
-                  run_name=f"{command}-{signal_name}")
+    run = RunInfo(command, config, described, experiment=parent.experiment if parent else data_config.dataset,
+                  tracking=track, run_name=run_name or f"{command}-{signal_name}", parent=parent)
     with lifecycle(run):
         signal_obj = create("signals", signal_name, options, num_exits=model.num_exits,
                             hidden_size=model.encoder.hidden_size, num_labels=trained["num_labels"])
@@ -179,6 +181,7 @@ def evaluate_model_dir(model_dir: str, signal: str | None = None, signal_options
             load_signal_weights(signal_obj, model_dir)
         signal_obj.eval()
         task = load_task(data_config)
+        call_lifecycle("on_data_loaded", run=run, task=task, splits=(split,))
         if len(task.label_names) != trained["num_labels"]:
             raise UsageError(f"dataset '{data_config.dataset}' has {len(task.label_names)} labels but the model "
                              f"was trained for {trained['num_labels']}; evaluate on a dataset with the same labels")

@@ -52,6 +52,12 @@ def on_run_start(run: Any) -> None:
 
 
 @hookspec
+def on_data_loaded(run: Any, task: Any, splits: tuple[str, ...]) -> None:
+    """The run's data is loaded. ``task`` is an ``adaptive_exit.TaskData``; ``splits`` names the splits the run
+    uses ('train' and the evaluation split for ``train``, the evaluated split otherwise)."""
+
+
+@hookspec
 def on_step_end(run: Any, step: int, logs: dict[str, float]) -> None:
     """An optimizer step ended. ``logs`` holds the loss, the learning rate and the weighting's own terms."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import itertools
@@ -9,11 +10,12 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
 from .config import RunConfig
+from .errors import UsageError
 from .evaluation import SPEEDUP_MARKS, EvaluationResult, unique_curve
 from .lifecycle import RunInfo, lifecycle
 from .plugins import call_lifecycle
@@ -57,11 +59,15 @@ def mean_curve(results: list[EvaluationResult], points: int = 100) -> tuple[np.n
 
 @dataclass
 class Comparison:
-    """Child runs grouped by configuration (children differing only in seed share a group)."""
+    """Child runs grouped by configuration (children differing only in seed share a group).
+
+    ``name``, if set, is the folder its files go to among a parent run's artifacts (``test``, say).
+    """
 
     metric_name: str
     children: list[ChildResult] = field(default_factory=list)
     title: str = "comparison"
+    name: str = ""
 
     def groups(self) -> dict[str, list[ChildResult]]:
         """Children by group, in the order the groups first appear."""
@@ -165,6 +171,39 @@ class SweepChild:
     config: RunConfig
 
 
+@contextlib.contextmanager
+def parent_run(command: str, experiment: str, config: dict[str, Any], output_dir: str, tracking: bool = True,
+               title: str | None = None) -> Iterator[RunInfo]:
+    """The run that child runs nest under, with the lifecycle of any other run (FINISHED, FAILED or KILLED)."""
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    parent = RunInfo(command, config, {}, experiment, tracking, run_name=title or command)
+    with lifecycle(parent) as outcome:
+        outcome["output_dir"] = output_dir
+        yield parent
+
+
+def train_children(children: list[SweepChild], parent: RunInfo, title: str = "comparison") -> Comparison:
+    """Train every child as a child run of ``parent``; the comparison of their final evaluation sweeps."""
+    from .training import train
+
+    comparison: Comparison | None = None
+    for child in children:
+        result, child_dir = train(child.config, parent=parent, run_name=child.name)
+        if comparison is None:
+            comparison = Comparison(result.metric_name, title=title)
+        comparison.children.append(ChildResult(child.name, child.group, child.config.train.seed, result, child_dir))
+    if comparison is None:
+        raise UsageError("the sweep has no configurations to train")
+    return comparison
+
+
+def publish(comparison: Comparison, directory: str | Path, parent: RunInfo) -> list[Path]:
+    """Write the comparison's files to ``directory`` and hand the comparison to the trackers."""
+    paths = comparison.write(directory)
+    call_lifecycle("on_sweep_end", run=parent, comparison=comparison)
+    return paths
+
+
 def run_sweep(children: list[SweepChild], experiment: str, output_dir: str, tracking: bool = True,
               grid: dict[str, list[Any]] | None = None, title: str = "sweep") -> Comparison:
     """Train every child as a child run of one parent run; write and log the comparison.
@@ -172,20 +211,8 @@ def run_sweep(children: list[SweepChild], experiment: str, output_dir: str, trac
     The comparison files go to ``output_dir`` and, through ``on_sweep_end``, to the trackers. An
     interrupt or failure ends the running child and the parent KILLED or FAILED; finished children stay.
     """
-    from .training import train
-
-    Path(output_dir).mkdir(parents=True, exist_ok=True)
-    parent = RunInfo("sweep", {"grid": grid or {}, "children": [c.name for c in children]}, {}, experiment,
-                     tracking, run_name=title)
-    with lifecycle(parent) as outcome:
-        comparison = None
-        for child in children:
-            result, child_dir = train(child.config, parent=parent, run_name=child.name)
-            if comparison is None:
-                comparison = Comparison(result.metric_name, title=title)
-            comparison.children.append(ChildResult(child.name, child.group, child.config.train.seed, result,
-                                                   child_dir))
-        comparison.write(output_dir)
-        call_lifecycle("on_sweep_end", run=parent, comparison=comparison)
-        outcome["output_dir"] = output_dir
+    config = {"grid": grid or {}, "children": [c.name for c in children]}
+    with parent_run("sweep", experiment, config, output_dir, tracking, title) as parent:
+        comparison = train_children(children, parent, title)
+        publish(comparison, output_dir, parent)
     return comparison

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+
+try:
+    import fcntl
+except ImportError:  # Windows: no lock; use a tracking server there for concurrent commands
+    fcntl = None
 
 import yaml
 
@@ -46,6 +52,26 @@ def _git_commit() -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
+@contextlib.contextmanager
+def store_lock(tracking_uri: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``<database>.lock`` beside a SQLite store while it is opened.
+
+    The first command to open a new SQLite store creates its tables; two doing it at once would
+    collide, as would two creating the same experiment. Other stores need no lock.
+    """
+    if not tracking_uri.startswith("sqlite:///") or fcntl is None:
+        yield
+        return
+    database = Path(tracking_uri[len("sqlite:///"):].split("?", 1)[0])
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{database}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _param(value: Any) -> Any:
     """A parameter value MLflow accepts: lists as comma-separated text, cut to MLflow's 6000 characters."""
     if isinstance(value, (list, tuple)):
@@ -60,7 +86,8 @@ def on_run_start(run: Any) -> None:
     import mlflow
 
     parent = run.parent.state.get(RUN_ID) if run.parent is not None and run.parent.tracking else None
-    mlflow.set_experiment(run.experiment)
+    with store_lock(mlflow.get_tracking_uri()):
+        mlflow.set_experiment(run.experiment)
     active = mlflow.start_run(run_name=run.run_name, nested=parent is not None, parent_run_id=parent)
     run.state[RUN_ID] = active.info.run_id
     params = {key: value for key, value in flatten(run.config).items()}
@@ -73,6 +100,19 @@ def on_run_start(run: Any) -> None:
     if commit:
         tags["mlflow.source.git.commit"] = commit
     mlflow.set_tags(tags)
+
+
+@hookimpl
+def on_data_loaded(run: Any, task: Any, splits: tuple[str, ...]) -> None:
+    if not _client_and_run(run):
+        return
+    import mlflow
+
+    dataset = run.config.get("data", {}).get("dataset", "data")
+    for split in splits:
+        frame = task.splits[split].to_pandas()
+        source = mlflow.data.from_pandas(frame, name=f"{dataset}:{split}", targets="label")
+        mlflow.log_input(source, context="training" if split == "train" else split)
 
 
 @hookimpl
@@ -151,7 +191,7 @@ def on_sweep_end(run: Any, comparison: Any) -> None:
     client, run_id = found
     with tempfile.TemporaryDirectory() as tmp:
         for path in comparison.write(Path(tmp)):
-            client.log_artifact(run_id, str(path))
+            client.log_artifact(run_id, str(path), artifact_path=comparison.name or None)
 
 
 @hookimpl
@@ -168,6 +208,10 @@ def on_run_end(run: Any, status: str, output_dir: str | None) -> None:
         client.log_artifact(run_id, str(config_path))
     if output_dir:
         client.set_tag(run_id, "adaptive_exit.output_dir", str(Path(output_dir).resolve()))
+    if status == "FINISHED" and run.command == "train" and output_dir and run.config["tracking"]["log_model"]:
+        from .mlflow_model import log_model
+
+        log_model(output_dir)
     if mlflow.active_run() is not None and mlflow.active_run().info.run_id == run_id:
         mlflow.end_run(status=status)
     else:

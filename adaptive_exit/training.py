@@ -6,6 +6,8 @@ import datetime
 import os
 import random
 import re
+import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .calibration import calibration_record, choose_threshold
 from .config import RunConfig, validate_options
 from .data import load_task, make_loader, tokenize
 from .errors import UsageError
@@ -103,6 +106,30 @@ class Trainable(torch.nn.Module):
         return self.model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
 
 
+def store_calibration(model: MultiExitModel, result: EvaluationResult, config: RunConfig) -> None:
+    """Put the threshold for ``--calibrate-speedup`` into the model's config, or say why there is none."""
+    target = config.train.calibrate_speedup
+    if target is None:
+        return
+    try:
+        point = choose_threshold(result, target_speedup=target)
+    except UsageError as exc:
+        print(f"adaptive-exit: no threshold stored: {exc}; run `adaptive-exit calibrate` later", file=sys.stderr)
+        return
+    model.config["calibration"] = calibration_record(result, point, config.data.eval_split, target, None)
+    result.extra.update(calibrated_threshold=point.threshold, calibrated_speedup=point.speedup,
+                        calibrated_metric=point.metric)
+
+
+def save_atomically(model: MultiExitModel, signal: torch.nn.Module, output_dir: str) -> None:
+    """Save into a staging folder beside ``output_dir``, then rename it: an interrupted save leaves no half model."""
+    staging = Path(f"{output_dir.rstrip('/')}.partial")
+    if staging.exists():
+        shutil.rmtree(staging)
+    model.save_pretrained(staging, signal=signal)
+    os.replace(staging, output_dir)
+
+
 def train_step(forward: torch.nn.Module, model: MultiExitModel, signal: torch.nn.Module, weighting: Any,
                optimizer: torch.optim.Optimizer, scheduler: Any, batch: dict[str, torch.Tensor], step: int,
                max_grad_norm: float) -> dict[str, float]:
@@ -171,6 +198,8 @@ def train(config: RunConfig, parent: RunInfo | None = None,
         dist.barrier()
         if not dist.main:
             task = load_task(config.data)
+        if dist.main:
+            call_lifecycle("on_data_loaded", run=run, task=task, splits=("train", config.data.eval_split))
         encoder = lookup("backbones", config.model.backbone_type).cls().load(config.model.backbone,
                                                                              config.model.num_layers)
         num_labels = len(task.label_names)
@@ -224,8 +253,9 @@ def train(config: RunConfig, parent: RunInfo | None = None,
             dist.barrier()
         if dist.main:
             result.epoch = None
+            store_calibration(model, result, config)
             call_lifecycle("on_evaluate_end", run=run, results=result)
-            model.save_pretrained(output_dir, signal=signal)
+            save_atomically(model, signal, output_dir)
             outcome["output_dir"] = output_dir
     if dist.world_size > 1:
         torch.distributed.destroy_process_group()

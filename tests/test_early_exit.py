@@ -179,7 +179,9 @@ def test_predict_cli_reads_lines_and_jsonl(cli, model_copy, tmp_path):
     (tmp_path / "empty.txt").write_text("\n\n")
     done = cli("predict", str(model_copy), "--input", str(tmp_path / "empty.txt"), "--threshold", "0.5")
     assert done.returncode == 2 and "no texts to predict" in done.stderr and "Traceback" not in done.stderr
-    no_threshold = cli("predict", str(model_copy), "--input", str(lines))
+    stored = cli("predict", str(model_copy), "--input", str(lines))  # train stored a threshold for 2x
+    assert stored.returncode == 0 and len(stored.stdout.splitlines()) == 2
+    no_threshold = cli("predict", str(model_copy), "--input", str(lines), "--signal", "maxprob")
     assert no_threshold.returncode == 2 and "calibrate" in no_threshold.stderr
 
 

@@ -1,0 +1,94 @@
+"""The trained model in MLflow: dataset inputs, tags, a pyfunc model that loads, predicts and serves."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import mlflow
+import pandas as pd
+import pytest
+
+
+@pytest.fixture(scope="module")
+def logged(trained_model):
+    """The train run of the session's tiny model and the id of the MLflow model it logged."""
+    mlflow.set_tracking_uri(f"sqlite:///{trained_model.parent / 'mlflow.db'}")
+    run = mlflow.search_runs(experiment_names=["movie-reviews"], filter_string="tags.`adaptive_exit.command` = 'train'",
+                             output_format="list")[0]
+    models = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
+    assert len(models) == 1 and models[0].source_run_id == run.info.run_id
+    return run, models[0].model_id
+
+
+def test_run_records_data_inputs_and_tags(logged):
+    run, _ = logged
+    inputs = {i.dataset.name: [t.value for t in i.tags] for i in run.inputs.dataset_inputs}
+    assert inputs == {"movie-reviews:train": ["training"], "movie-reviews:validation": ["validation"]}
+    profile = json.loads(run.inputs.dataset_inputs[0].dataset.profile)
+    assert profile["num_rows"] in (64, 48)
+    tags = run.data.tags
+    assert tags["adaptive_exit.plugin.weighting"].startswith("cosee (cosee ")
+    assert tags["adaptive_exit.plugin.signal"].startswith("entropy (adaptive_exit (built-in) ")
+    assert "train" in tags["adaptive_exit.argv"] and len(tags["mlflow.source.git.commit"]) == 40
+
+
+def test_pyfunc_model_predicts_with_exit_layers(logged, trained_model):
+    run, model_id = logged
+    model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    assert model.metadata.model_id == model_id
+    stored = json.loads((trained_model / "adaptive_exit.json").read_text())["calibration"]
+    assert model.metadata.get_params_schema().to_dict()[0]["default"] == pytest.approx(stored["threshold"])
+    frame = pd.DataFrame({"text": ["a warm and funny film", "dull", "it is what it is"]})
+    answers = model.predict(frame)
+    assert list(answers.columns) == ["label", "probabilities", "exit_layer"]
+    assert set(answers["label"]) <= {"negative", "positive"}
+    assert all(len(p) == 2 and sum(p) == pytest.approx(1.0, abs=1e-5) for p in answers["probabilities"])
+    # entropy lies in [0, 1]: below 1.01 everyone leaves at layer 1, below 0 nobody leaves before layer 2
+    assert model.predict(frame, params={"threshold": 1.01})["exit_layer"].tolist() == [1, 1, 1]
+    assert model.predict(frame, params={"threshold": 0.0})["exit_layer"].tolist() == [2, 2, 2]
+    with pytest.raises(Exception, match=r"missing inputs \['text'\]"):
+        model.predict(pd.DataFrame({"sentence": ["x"]}))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_served_model_answers_over_http(logged, trained_model, tmp_path):
+    _, model_id = logged
+    port = free_port()
+    bin_dir = os.path.dirname(sys.executable)  # `--env-manager local` starts the environment's uvicorn
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{trained_model.parent / 'mlflow.db'}",
+           "HF_HUB_OFFLINE": "1", "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    mlflow_cli = os.path.join(bin_dir, "mlflow")
+    server = subprocess.Popen([mlflow_cli, "models", "serve", "-m", f"models:/{model_id}", "--env-manager", "local",
+                               "-h", "127.0.0.1", "-p", str(port)], env=env, cwd=tmp_path,
+                              stdout=subprocess.DEVNULL, stderr=open(tmp_path / "serve.log", "w"))
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None and time.time() < deadline, (tmp_path / "serve.log").read_text()[-2000:]
+                time.sleep(1)
+        body = {"dataframe_split": {"columns": ["text"], "data": [["a fine film"], ["boring"]]},
+                "params": {"threshold": 1.01}}
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", json.dumps(body).encode(),
+                                         {"Content-Type": "application/json"})
+        answer = json.loads(urllib.request.urlopen(request, timeout=60).read())
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    rows = answer["predictions"]
+    assert [row["exit_layer"] for row in rows] == [1, 1]
+    assert all(row["label"] in ("negative", "positive") and len(row["probabilities"]) == 2 for row in rows)

@@ -1,0 +1,99 @@
+"""The MLflow UI in a real headless Chromium: a sweep's child runs and curve metric are on the page.
+
+Slow, and needs Debian's ``chromium`` and ``chromium-driver`` plus ``selenium`` (the ``ui-test`` extra).
+Set ``ADAPTIVE_EXIT_SCREENSHOT_DIR`` to keep the screenshots (the README's come from ``docs/``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+
+import mlflow
+import pytest
+
+from conftest import TINY
+from test_mlflow_model import free_port
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def browser():
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    if not (shutil.which("chromium") and shutil.which("chromedriver")):
+        pytest.fail("install Debian's chromium and chromium-driver to run the UI test")
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--window-size=1600,1000"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    yield driver
+    driver.quit()
+
+
+def page_text(driver) -> str:
+    from selenium.webdriver.common.by import By
+
+    return driver.find_element(By.TAG_NAME, "body").text
+
+
+def test_sweep_in_the_mlflow_ui(cli, tmp_path, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    done = cli("sweep", *TINY, "--weighting", "cosee,uniform", "--signal", "entropy", "--seed", "1,2",
+               "--max-train-samples", "32", "--max-eval-samples", "32", "--output-dir", "sweep")
+    assert done.returncode == 0, done.stderr[-2000:]
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["movie-reviews"])
+    children = runs[runs["tags.mlflow.parentRunId"].notna()]
+    names = sorted(children["tags.mlflow.runName"])
+    assert len(names) == 4
+    port = free_port()
+    server = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "mlflow"), "server",
+                               "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--host", "127.0.0.1",
+                               "--port", str(port)], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                              stderr=open(tmp_path / "server.log", "w"))
+    shots = []
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None and time.time() < deadline, (tmp_path / "server.log").read_text()[-2000:]
+                time.sleep(1)
+        wait = WebDriverWait(browser, 90)
+        experiment = runs.experiment_id.iloc[0]
+        browser.get(f"http://127.0.0.1:{port}/#/experiments/{experiment}/runs")
+        wait.until(lambda d: "sweep over" in page_text(d))
+        for close in browser.find_elements(By.CSS_SELECTOR, "button[aria-label='Close']"):
+            close.click()  # the assistant side panel
+        expand = browser.find_elements(By.CSS_SELECTOR, "button[data-component-id*='runnamecellrenderer']")
+        assert len(expand) == 1  # only the sweep's run has children
+        expand[0].click()
+        wait.until(lambda d: all(name in page_text(d) for name in names))
+        shots.append(tmp_path / "mlflow-sweep-runs.png")
+        browser.save_screenshot(str(shots[-1]))
+        ids = json.dumps(sorted(children.run_id))
+        browser.get(f"http://127.0.0.1:{port}/#/compare-runs?runs={ids}&experiments=[\"{experiment}\"]")
+        wait.until(lambda d: "curve_accuracy" in page_text(d) and all(name in page_text(d) for name in names))
+        shots.append(tmp_path / "mlflow-compare-runs.png")
+        browser.save_screenshot(str(shots[-1]))
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    keep = os.environ.get("ADAPTIVE_EXIT_SCREENSHOT_DIR")
+    if keep:
+        for shot in shots:
+            shutil.copy(shot, keep)
