@@ -46,9 +46,20 @@ def page_text(driver) -> str:
     return driver.find_element(By.TAG_NAME, "body").text
 
 
+def wait_for(driver, condition, what: str, path) -> None:
+    """Wait until ``condition(driver)``; on timeout fail with the page's text, and keep a screenshot at ``path``."""
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    try:
+        WebDriverWait(driver, 120).until(condition)
+    except TimeoutException:
+        driver.save_screenshot(str(path))
+        pytest.fail(f"the page never showed {what}; it shows: {page_text(driver)[:1500]!r} (screenshot {path})")
+
+
 def test_sweep_in_the_mlflow_ui(cli, tmp_path, browser):
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
     done = cli("sweep", *TINY, "--weighting", "cosee,uniform", "--signal", "entropy", "--seed", "1,2",
                "--max-train-samples", "32", "--max-eval-samples", "32", "--output-dir", "sweep")
@@ -73,21 +84,23 @@ def test_sweep_in_the_mlflow_ui(cli, tmp_path, browser):
             except OSError:
                 assert server.poll() is None and time.time() < deadline, (tmp_path / "server.log").read_text()[-2000:]
                 time.sleep(1)
-        wait = WebDriverWait(browser, 90)
         experiment = runs.experiment_id.iloc[0]
         browser.get(f"http://127.0.0.1:{port}/#/experiments/{experiment}/runs")
-        wait.until(lambda d: "sweep over" in page_text(d))
+        wait_for(browser, lambda d: "sweep over" in page_text(d), "the sweep's run", tmp_path / "failed.png")
         for close in browser.find_elements(By.CSS_SELECTOR, "button[aria-label='Close']"):
             close.click()  # the assistant side panel
         expand = browser.find_elements(By.CSS_SELECTOR, "button[data-component-id*='runnamecellrenderer']")
         assert len(expand) == 1  # only the sweep's run has children
         expand[0].click()
-        wait.until(lambda d: all(name in page_text(d) for name in names))
+        wait_for(browser, lambda d: all(name in page_text(d) for name in names), f"the child runs {names}",
+                 tmp_path / "failed.png")
         shots.append(tmp_path / "mlflow-sweep-runs.png")
         browser.save_screenshot(str(shots[-1]))
         ids = json.dumps(sorted(children.run_id))
         browser.get(f"http://127.0.0.1:{port}/#/compare-runs?runs={ids}&experiments=[\"{experiment}\"]")
-        wait.until(lambda d: "curve_accuracy" in page_text(d) and all(name in page_text(d) for name in names))
+        # the metrics table scrolls, so the curve metric is looked for in the page, not only in its visible text
+        wait_for(browser, lambda d: "curve_accuracy" in d.page_source and all(name in page_text(d) for name in names),
+                 "the curve metric and the child runs", tmp_path / "failed.png")
         shots.append(tmp_path / "mlflow-compare-runs.png")
         browser.save_screenshot(str(shots[-1]))
     finally:

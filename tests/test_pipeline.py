@@ -108,6 +108,9 @@ def test_failed_train_marks_run_failed(exploding_plugin, env, tmp_path, monkeypa
     for key in ("ADAPTIVE_EXIT_CACHE", "MLFLOW_TRACKING_URI", "HF_HUB_OFFLINE"):
         monkeypatch.setenv(key, env[key])
     monkeypatch.chdir(tmp_path)
+    import mlflow
+
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])  # earlier tests in this process may have set another
     with pytest.raises(RuntimeError, match="boom"):
         main(["train", "--weighting", "exploding", "--num-layers", "1", "--max-train-samples", "8",
               "--max-eval-samples", "8", "--max-length", "16", "--output-dir", "out"])
