@@ -7,11 +7,14 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
 from .errors import UsageError
+
+if TYPE_CHECKING:
+    from .sweeps import SweepChild
 
 CONFIG_SECTIONS = ("model", "data", "train")
 MLFLOW_UI_HINT = "Compare runs: run `mlflow ui` in this directory and open http://127.0.0.1:5000"
@@ -128,22 +131,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _declared_options(config: dict[str, Any]) -> set[str]:
-    """The option fields that the chosen signal and weighting of a (not yet validated) config declare."""
+def _declared_options(signal: str, weighting: str) -> set[str]:
+    """The option fields that the named signal and weighting declare."""
     from .plugins import lookup
 
-    declared: set[str] = set()
-    for section, kind in (("signal", "signals"), ("weighting", "weightings")):
-        declared |= set(lookup(kind, config[section]["name"]).cls.Options.model_fields)
-    return declared
+    return set(lookup("signals", signal).cls.Options.model_fields) | set(
+        lookup("weightings", weighting).cls.Options.model_fields)
 
 
-def sweep_children(args: argparse.Namespace) -> tuple[list[Any], dict[str, list[str]], str, str]:
+def sweep_children(args: argparse.Namespace) -> tuple[list[SweepChild], dict[str, list[str]], str, str]:
     """The sweep's child configurations (duplicates removed), its grid by field name, experiment and output directory."""
     import datetime
     import re
 
-    from .config import RunConfig
     from .sweeps import SweepChild, expand_grid
     from .training import resolve_options
 
@@ -164,10 +164,8 @@ def sweep_children(args: argparse.Namespace) -> tuple[list[Any], dict[str, list[
     children, seen, used = [], set(), set()
     for combo in expand_grid(grid):
         chosen = {**values, **combo}
-        raw = RunConfig().model_dump()
-        for section in ("signal", "weighting"):
-            raw[section] = {"name": chosen.get(section) or getattr(base, section).name}
-        declared = _declared_options(raw)
+        declared = _declared_options(chosen.get("signal") or base.signal.name,
+                                     chosen.get("weighting") or base.weighting.name)
         applies = {k: v for k, v in combo.items() if not k.startswith("option:") or label[k] in declared}
         chosen = {k: v for k, v in chosen.items() if not k.startswith("option:") or k.split(":", 1)[1] in declared}
         used |= {k for k in chosen if k.startswith("option:")}
