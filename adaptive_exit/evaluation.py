@@ -51,6 +51,13 @@ class EvaluationResult:
             "metric_at": self.metric_at,
         }
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "EvaluationResult":
+        """The result back from the shape ``to_dict`` gives."""
+        curve = [CurvePoint(**point) for point in data["curve"]]
+        return cls(data["signal"], data["metric_name"], data["num_samples"], curve, data["per_exit_metric"],
+                   data["auc"], data["metric_at"])
+
     def table(self, rows: int = 12) -> str:
         """A readable summary: a dozen curve points spread over the speed-up range, then the summary numbers."""
         num_exits = len(self.per_exit_metric)

@@ -104,6 +104,14 @@ class Comparison:
                           **c.result.to_dict()} for c in self.children],
         }
 
+    @classmethod
+    def read(cls, path: str | Path, name: str = "") -> "Comparison":
+        """A comparison back from the ``comparison.json`` that ``write`` made."""
+        data = json.loads(Path(path).read_text())
+        children = [ChildResult(c["name"], c["configuration"], c["seed"], EvaluationResult.from_dict(c),
+                                c["output_dir"]) for c in data["children"]]
+        return cls(data["metric_name"], children, data["title"], name)
+
     def write(self, directory: str | Path) -> list[Path]:
         """``comparison.csv`` (one row per configuration), ``comparison.json`` and ``comparison.png``."""
         directory = Path(directory)
@@ -128,10 +136,13 @@ class Comparison:
         import matplotlib.pyplot as plt
 
         figure, axis = plt.subplots(figsize=(8, 5))
-        for group, children in self.groups().items():
+        groups = self.groups()
+        colors = plt.get_cmap("tab10" if len(groups) <= 10 else "tab20").colors
+        for index, (group, children) in enumerate(groups.items()):
             grid, mean, low, high = mean_curve([c.result for c in children])
             label = group if len(children) == 1 else f"{group} (mean of {len(children)} seeds)"
-            (line,) = axis.plot(grid, mean, label=label)
+            (line,) = axis.plot(grid, mean, label=label, color=colors[index % len(colors)],
+                                linestyle="-" if index < len(colors) else "--")
             if len(children) > 1:
                 axis.fill_between(grid, low, high, color=line.get_color(), alpha=0.15)
         axis.set_xlabel("layer speed-up (L·N / Σ exit layer)")

@@ -110,21 +110,25 @@ def cell(mean: float | None, spread: float | None) -> str:
     return "n/a" if mean is None else f"{mean:.4f} ± {spread:.4f}"
 
 
-def results_section(args: argparse.Namespace, test: Comparison, validation: Comparison, seconds: float,
-                    figure: str) -> str:
+def results_section(args: argparse.Namespace, test: Comparison, validation: Comparison, minutes: float | None,
+                    commit: str, figure: str) -> str:
     """The Markdown section for one dataset: command, machine, budget, table, plot and plain findings."""
     name = test.metric_name
     marks = [f"{m:g}" for m in SPEEDUP_MARKS]
     rows = {row["configuration"]: row for row in test.rows()}
     valid = {row["configuration"]: row for row in validation.rows()}
     num_exits = len(test.children[0].result.per_exit_metric)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
-    command = "python benchmarks/compare.py " + shlex.join(sys.argv[1:])
+    argv = sys.argv[1:]
+    if "--render-from" in argv:
+        at = argv.index("--render-from")
+        argv = argv[:at] + argv[at + 2:]
+    command = "python benchmarks/compare.py " + shlex.join(argv)
+    took = "" if minutes is None else f" in {minutes:.0f} minutes"
     lines = [
         f"## {args.dataset}",
         "",
-        f"Produced by `{command}` on {datetime.date.today().isoformat()} at commit `{commit}`, in "
-        f"{seconds / 60:.1f} minutes on {platform.machine()} with {os.cpu_count()} CPU cores, "
+        f"Produced by `{command}` on {datetime.date.today().isoformat()} at commit `{commit}`{took}, "
+        f"on {platform.machine()} with {os.cpu_count()} CPU cores, "
         f"torch {torch.__version__} ({torch.get_num_threads()} threads), no GPU.",
         "",
         f"Budget, the same for every method: MiniLM-L6 ({num_exits} of its 6 layers), "
@@ -152,32 +156,36 @@ def results_section(args: argparse.Namespace, test: Comparison, validation: Comp
         "",
         f"Full model (the joint-training model's last exit, 1x): test {name} {full:.4f}.",
         "",
-        f"AUC is the mean {name} over layer speed-ups 1x..{num_exits}x (area under the curve divided by its span); "
-        f"`n/a` where a method's curve does not reach that speed-up. PCEE-BERT and the static budget are the "
+        f"AUC is the mean {name} over the layer speed-ups a method's curve spans (area divided by span): 1x..{num_exits}x "
+        f"for most, but PCEE-BERT cannot leave before its window of exits is full, so its curve stops earlier and its "
+        f"AUC averages only that easier range; compare methods at the marked speed-ups. `n/a` where a curve does not "
+        f"reach that speed-up. PCEE-BERT and the static budget are the "
         f"joint-training model read with their signals (their training is the same). The tuning rows are "
         f"COSEE with smaller beta0; they had more configurations than the others, so they are not part of the "
         f"equal-budget ranking.",
         "",
         f"![{name} against layer speed-up on {args.dataset}]({figure})",
         "",
-        "Findings, from the numbers above:",
+        f"Findings, from the test {name} at 2x layer speed-up above:",
         "",
     ]
-    lines += findings(rows)
+    lines += findings(rows, name)
     return "\n".join(lines) + "\n"
 
 
-def findings(rows: dict[str, dict[str, Any]]) -> list[str]:
-    """Plain statements of where each COSEE variant is above or below each baseline (test AUC means)."""
-    baselines = [m.name for m in METHODS if not m.name.startswith("COSEE") and m.name in rows]
+def findings(rows: dict[str, dict[str, Any]], metric: str) -> list[str]:
+    """Plain statements of where each COSEE variant is above or below each baseline, by the test metric at 2x
+    layer speed-up (a point every method reaches; AUCs over different spans are not comparable)."""
+    key = f"{metric}_at_2x_mean"
+    baselines = [m.name for m in METHODS if not m.name.startswith("COSEE") and rows.get(m.name, {}).get(key)]
     out = []
     for method in METHODS:
         if not method.name.startswith("COSEE") or method.name not in rows:
             continue
-        auc = rows[method.name]["auc_mean"]
-        above = [b for b in baselines if rows[b]["auc_mean"] > auc]
-        below = [b for b in baselines if rows[b]["auc_mean"] <= auc]
-        text = f"- **{method.name}** (test AUC {auc:.4f})"
+        value = rows[method.name][key]
+        above = [f"{b} ({rows[b][key]:.4f})" for b in baselines if rows[b][key] > value]
+        below = [b for b in baselines if rows[b][key] <= value]
+        text = f"- **{method.name}** ({metric} at 2x {value:.4f})"
         text += f" is behind {', '.join(above)}" if above else " is behind none of the baselines"
         text += f"; ahead of {', '.join(below)}." if below else "; ahead of none."
         out.append(text)
@@ -212,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output-dir", help="models and comparison files (default: outputs/compare-<dataset>-<time>)")
     parser.add_argument("--results", default=str(ROOT / "docs" / "RESULTS.md"), help="results file to update")
     parser.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    parser.add_argument("--render-from", metavar="DIR", help="train nothing: write the results from the comparison "
+                                                              "files a run with the same flags left in DIR")
     args = parser.parse_args(argv)
     quiet_libraries()
     try:
@@ -229,6 +239,11 @@ def main(argv: list[str] | None = None) -> int:
     output_dir = Path(args.output_dir or f"outputs/compare-{slug(args.dataset)}-{stamp}")
     experiment = f"compare-{args.dataset}"
     started = time.time()
+    if args.render_from:
+        validation = Comparison.read(Path(args.render_from) / "validation" / "comparison.json", "validation")
+        test = Comparison.read(Path(args.render_from) / "test" / "comparison.json", "test")
+        write_results(args, test, validation, *last_run(experiment, args.no_track), chosen)
+        return 0
     try:
         children = [SweepChild(f"{m.name} seed={seed}", m.name, child_config(m, seed, args, output_dir, experiment))
                     for seed in args.seeds for m in methods if m.reuse is None]
@@ -250,15 +265,41 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"compare: error: {exc}", file=sys.stderr)
         return 2
+    write_results(args, test, validation, (time.time() - started) / 60, current_commit(), chosen)
+    return 0
+
+
+def current_commit() -> str:
+    """The short git commit of this checkout."""
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                          cwd=ROOT).stdout.strip()
+
+
+def last_run(experiment: str, offline: bool) -> tuple[float | None, str]:
+    """How long the latest comparison run of the experiment took (minutes) and its commit, from MLflow."""
+    if offline:
+        return None, "unknown"
+    import mlflow
+
+    runs = mlflow.search_runs(experiment_names=[experiment], filter_string="tags.`adaptive_exit.command` = 'compare'",
+                              order_by=["start_time DESC"], max_results=1, output_format="list")
+    if not runs or runs[0].info.end_time is None:
+        return None, "unknown"
+    commit = runs[0].data.tags.get("mlflow.source.git.commit", "unknown")[:7]
+    return (runs[0].info.end_time - runs[0].info.start_time) / 60000, commit
+
+
+def write_results(args: argparse.Namespace, test: Comparison, validation: Comparison, minutes: float | None,
+                  commit: str, chosen: set[str]) -> None:
+    """Print the test table; write the figure and (with the joint-training reference) the results section."""
     results = Path(args.results)
+    results.parent.mkdir(parents=True, exist_ok=True)
     figure = results.parent / f"results-{slug(args.dataset)}.png"
     test.plot(figure)
     print(test.table())
     if JOINT in chosen:
-        update_results(results, args.dataset, results_section(args, test, validation, time.time() - started,
-                                                              figure.name))
+        update_results(results, args.dataset, results_section(args, test, validation, minutes, commit, figure.name))
         print(f"\nUpdated {results} and {figure}")
-    return 0
 
 
 if __name__ == "__main__":

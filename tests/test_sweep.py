@@ -42,6 +42,8 @@ def test_comparison_groups_seeds_with_mean_and_spread(tmp_path):
     assert [p.name for p in paths] == ["comparison.csv", "comparison.json", "comparison.png"]
     assert (tmp_path / "comparison.csv").read_text().splitlines()[0].startswith("configuration,runs,seeds,auc_mean")
     assert len(json.loads((tmp_path / "comparison.json").read_text())["children"]) == 3
+    again = Comparison.read(tmp_path / "comparison.json")
+    assert again.rows() == comparison.rows() and again.children[1].result.curve == comparison.children[1].result.curve
 
 
 def test_sweep_as_parent_and_child_runs(cli, tmp_path):
