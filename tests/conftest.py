@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
+from typing import Callable, Iterator
 
 import pytest
 
@@ -52,3 +57,32 @@ def trained_model(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
                           env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return workdir / "model"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def http_server(command: Callable[[int], list[str]], ready_path: str, workdir: Path,
+                env: dict[str, str] | None = None, timeout: int = 180) -> Iterator[int]:
+    """Start ``command(port)`` in ``workdir``, wait until ``ready_path`` answers on 127.0.0.1, yield the port, stop it."""
+    port = free_port()
+    log = workdir / "server.log"
+    server = subprocess.Popen(command(port), cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=open(log, "w"))
+    try:
+        deadline = time.time() + timeout
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}{ready_path}", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None and time.time() < deadline, log.read_text()[-2000:]
+                time.sleep(1)
+        yield port
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
 import sys
-import time
 import urllib.request
 
 import mlflow
 import pandas as pd
 import pytest
+
+from conftest import http_server
 
 
 @pytest.fixture(scope="module")
@@ -56,39 +55,22 @@ def test_pyfunc_model_predicts_with_exit_layers(logged, trained_model):
         model.predict(pd.DataFrame({"sentence": ["x"]}))
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_served_model_answers_over_http(logged, trained_model, tmp_path):
     _, model_id = logged
-    port = free_port()
     bin_dir = os.path.dirname(sys.executable)  # `--env-manager local` starts the environment's uvicorn
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{trained_model.parent / 'mlflow.db'}",
            "HF_HUB_OFFLINE": "1", "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
-    mlflow_cli = os.path.join(bin_dir, "mlflow")
-    server = subprocess.Popen([mlflow_cli, "models", "serve", "-m", f"models:/{model_id}", "--env-manager", "local",
-                               "-h", "127.0.0.1", "-p", str(port)], env=env, cwd=tmp_path,
-                              stdout=subprocess.DEVNULL, stderr=open(tmp_path / "serve.log", "w"))
-    try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
-                break
-            except OSError:
-                assert server.poll() is None and time.time() < deadline, (tmp_path / "serve.log").read_text()[-2000:]
-                time.sleep(1)
+
+    def serve(port: int) -> list[str]:
+        return [os.path.join(bin_dir, "mlflow"), "models", "serve", "-m", f"models:/{model_id}", "--env-manager",
+                "local", "-h", "127.0.0.1", "-p", str(port)]
+
+    with http_server(serve, "/ping", tmp_path, env) as port:
         body = {"dataframe_split": {"columns": ["text"], "data": [["a fine film"], ["boring"]]},
                 "params": {"threshold": 1.01}}
         request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", json.dumps(body).encode(),
                                          {"Content-Type": "application/json"})
         answer = json.loads(urllib.request.urlopen(request, timeout=60).read())
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     rows = answer["predictions"]
     assert [row["exit_layer"] for row in rows] == [1, 1]
     assert all(row["label"] in ("negative", "positive") and len(row["probabilities"]) == 2 for row in rows)

@@ -9,16 +9,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
-import time
-import urllib.request
 
 import mlflow
 import pytest
 
-from conftest import TINY
-from test_mlflow_model import free_port
+from conftest import TINY, http_server
 
 pytestmark = pytest.mark.slow
 
@@ -69,21 +65,12 @@ def test_sweep_in_the_mlflow_ui(cli, tmp_path, browser):
     children = runs[runs["tags.mlflow.parentRunId"].notna()]
     names = sorted(children["tags.mlflow.runName"])
     assert len(names) == 4
-    port = free_port()
-    server = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "mlflow"), "server",
-                               "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--host", "127.0.0.1",
-                               "--port", str(port)], cwd=tmp_path, stdout=subprocess.DEVNULL,
-                              stderr=open(tmp_path / "server.log", "w"))
+    def server(port: int) -> list[str]:
+        return [os.path.join(os.path.dirname(sys.executable), "mlflow"), "server", "--backend-store-uri",
+                f"sqlite:///{tmp_path / 'mlflow.db'}", "--host", "127.0.0.1", "--port", str(port)]
+
     shots = []
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-                break
-            except OSError:
-                assert server.poll() is None and time.time() < deadline, (tmp_path / "server.log").read_text()[-2000:]
-                time.sleep(1)
+    with http_server(server, "/health", tmp_path, timeout=120) as port:
         experiment = runs.experiment_id.iloc[0]
         browser.get(f"http://127.0.0.1:{port}/#/experiments/{experiment}/runs")
         wait_for(browser, lambda d: "sweep over" in page_text(d), "the sweep's run", tmp_path / "failed.png")
@@ -103,9 +90,6 @@ def test_sweep_in_the_mlflow_ui(cli, tmp_path, browser):
                  "the curve metric and the child runs", tmp_path / "failed.png")
         shots.append(tmp_path / "mlflow-compare-runs.png")
         browser.save_screenshot(str(shots[-1]))
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     keep = os.environ.get("ADAPTIVE_EXIT_SCREENSHOT_DIR")
     if keep:
         for shot in shots:
