@@ -9,7 +9,7 @@ import json
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 try:
     import fcntl
@@ -158,6 +158,19 @@ def plot_curve(results: Any, path: Path) -> Path:
     return path
 
 
+def _log_written(client: Any, run_id: str, write: Callable[[Path], list[Path]],
+                 artifact_path: str | None = None) -> None:
+    """Log as artifacts the files that ``write`` puts into a temporary directory."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in write(Path(tmp)):
+            client.log_artifact(run_id, str(path), artifact_path=artifact_path)
+
+
+def _write_config(config: dict[str, Any], path: Path) -> Path:
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
 @hookimpl
 def on_evaluate_end(run: Any, results: Any) -> None:
     found = _client_and_run(run)
@@ -178,9 +191,7 @@ def on_evaluate_end(run: Any, results: Any) -> None:
     values += [("auc", results.auc, 0)] + [(f"{name}_at_{k}x", v, 0) for k, v in results.metric_at.items()]
     values += [(key, value, 0) for key, value in results.extra.items() if isinstance(value, (int, float))]
     _log_metrics(client, run_id, values)
-    with tempfile.TemporaryDirectory() as tmp:
-        for path in _sweep_files(results, Path(tmp)):
-            client.log_artifact(run_id, str(path))
+    _log_written(client, run_id, lambda directory: _sweep_files(results, directory))
 
 
 @hookimpl
@@ -189,9 +200,7 @@ def on_sweep_end(run: Any, comparison: Any) -> None:
     if not found:
         return
     client, run_id = found
-    with tempfile.TemporaryDirectory() as tmp:
-        for path in comparison.write(Path(tmp)):
-            client.log_artifact(run_id, str(path), artifact_path=comparison.name or None)
+    _log_written(client, run_id, comparison.write, artifact_path=comparison.name or None)
 
 
 @hookimpl
@@ -202,10 +211,7 @@ def on_run_end(run: Any, status: str, output_dir: str | None) -> None:
     import mlflow
 
     client, run_id = found
-    with tempfile.TemporaryDirectory() as tmp:
-        config_path = Path(tmp) / "config.yaml"
-        config_path.write_text(yaml.safe_dump(run.config, sort_keys=False))
-        client.log_artifact(run_id, str(config_path))
+    _log_written(client, run_id, lambda directory: [_write_config(run.config, directory / "config.yaml")])
     if output_dir:
         client.set_tag(run_id, "adaptive_exit.output_dir", str(Path(output_dir).resolve()))
     if status == "FINISHED" and run.command == "train" and output_dir and run.config["tracking"]["log_model"]:
