@@ -12,6 +12,7 @@ from .data import load_task, make_loader, tokenize
 from .errors import UsageError
 from .inference import early_exit_forward, final_forward, model_signal, stored_threshold, text_columns
 from .model import MultiExitModel, pool, pooling_weights
+from .precision import Precision
 
 
 def _hf_forward(model: MultiExitModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -51,11 +52,18 @@ def _flops_ratio(model: MultiExitModel, lengths: torch.Tensor, exit_index: torch
 @torch.inference_mode()
 def benchmark_model_dir(model_dir: str, threshold: float | None = None, batch_sizes: tuple[int, ...] = (1, 32),
                         repeats: int = 5, max_samples: int | None = None, split: str = "validation",
-                        signal: str | None = None) -> dict[str, Any]:
+                        signal: str | None = None, precision: str = "auto") -> dict[str, Any]:
     """Time the full model and early exit on the same tokenized inputs, interleaved, median of ``repeats``."""
     if repeats < 1 or any(b < 1 for b in batch_sizes):
         raise UsageError("--repeats and every batch size must be at least 1")
-    model = MultiExitModel.from_pretrained(model_dir)
+    runs_in = Precision(precision)
+    with runs_in.autocast():
+        return _benchmark(MultiExitModel.from_pretrained(model_dir), threshold, batch_sizes, repeats, max_samples,
+                          split, signal, runs_in.name)
+
+
+def _benchmark(model: MultiExitModel, threshold: float | None, batch_sizes: tuple[int, ...], repeats: int,
+               max_samples: int | None, split: str, signal: str | None, precision: str) -> dict[str, Any]:
     signal_obj = model_signal(model, signal)
     if threshold is None:
         threshold = stored_threshold(model, signal_obj.name)
@@ -67,7 +75,8 @@ def benchmark_model_dir(model_dir: str, threshold: float | None = None, batch_si
     tokenized = tokenize(task, model.tokenizer, data_values["max_length"], (split,))[split]
     columns = text_columns([{f: row[f] for f in task.text_fields} for row in texts], list(task.text_fields))
     report: dict[str, Any] = {"threshold": threshold, "signal": signal_obj.name, "samples": len(tokenized),
-                              "device": "cpu", "torch_threads": torch.get_num_threads(), "batch_sizes": {}}
+                              "device": "cpu", "precision": precision, "torch_threads": torch.get_num_threads(),
+                              "batch_sizes": {}}
     for batch_size in batch_sizes:
         batches = list(make_loader(tokenized, model.tokenizer, batch_size))
         exits = [early_exit_forward(model, b["input_ids"], b["attention_mask"], b.get("token_type_ids"),
@@ -119,7 +128,7 @@ def benchmark_model_dir(model_dir: str, threshold: float | None = None, batch_si
 def format_report(report: dict[str, Any]) -> str:
     """The benchmark as a small table."""
     lines = [f"signal {report['signal']} at threshold {report['threshold']:.6g}, {report['samples']} samples, "
-             f"{report['device']} with {report['torch_threads']} threads",
+             f"{report['device']} ({report['precision']}) with {report['torch_threads']} threads",
              f"{'batch':>5} {'layer x':>8} {'FLOPs x':>8} {'measured x':>10} {'efficiency':>10} {'with tokenization x':>20}"]
     for size, row in report["batch_sizes"].items():
         flops = "n/a" if row["flops_ratio"] is None else f"{row['flops_ratio']:.2f}"

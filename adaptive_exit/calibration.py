@@ -37,7 +37,7 @@ def calibration_record(result: EvaluationResult, point: CurvePoint, split: str, 
 
 def calibrate_model_dir(model_dir: str, target_speedup: float | None = None, max_drop: float | None = None,
                         signal: str | None = None, dataset: str | None = None, split: str = "validation",
-                        max_samples: int | None = None, track: bool = True) -> dict[str, Any]:
+                        max_samples: int | None = None, track: bool = True, precision: str = "auto") -> dict[str, Any]:
     """Pick a threshold on ``split`` and store it in the model directory; returns what was stored."""
     if target_speedup is not None and target_speedup < 1.0:
         raise UsageError(f"--target-speedup must be at least 1 (got {target_speedup:g})")
@@ -53,5 +53,5 @@ def calibrate_model_dir(model_dir: str, target_speedup: float | None = None, max
         update_model_config(model_dir, "calibration", stored)
 
     evaluate_model_dir(model_dir, signal=signal, dataset=dataset, split=split, max_samples=max_samples, track=track,
-                       command="calibrate", finish=finish)
+                       command="calibrate", finish=finish, precision=precision)
     return stored

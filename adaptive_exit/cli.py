@@ -1,4 +1,4 @@
-"""The ``adaptive-exit`` command line: train, sweep, evaluate, calibrate, predict, benchmark, plugins."""
+"""The ``adaptive-exit`` command line: train, sweep, evaluate, calibrate, predict, benchmark, benchmark-train, plugins."""
 
 from __future__ import annotations
 
@@ -67,8 +67,13 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     for section, model in zip(CONFIG_SECTIONS, (ModelConfig, DataConfig, TrainConfig)):
         group = parser.add_argument_group(f"{section} (config section '{section}:')")
         for field, info in model.model_fields.items():
-            group.add_argument(_flag(field), dest=f"{section}.{field}", default=argparse.SUPPRESS, metavar="VALUE",
-                               help=f"{info.description} (default: {info.default})")
+            help_text = f"{info.description} (default: {info.default})"
+            if info.annotation is bool:
+                group.add_argument(_flag(field), dest=f"{section}.{field}", default=argparse.SUPPRESS,
+                                   action=argparse.BooleanOptionalAction, help=help_text)
+            else:
+                group.add_argument(_flag(field), dest=f"{section}.{field}", default=argparse.SUPPRESS,
+                                   metavar="VALUE", help=help_text)
 
 
 def _route_options(args: dict[str, Any], config: dict[str, Any]) -> None:
@@ -204,7 +209,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     options = {k.split(":", 1)[1]: v for k, v in vars(args).items() if k.startswith("option:")}
     result = evaluate_model_dir(args.model_dir, signal=args.signal, signal_options=options, dataset=args.dataset,
                                 split=args.split, thresholds=args.thresholds, max_samples=args.max_eval_samples,
-                                batch_size=args.batch_size, track=not args.no_track)
+                                batch_size=args.batch_size, track=not args.no_track, precision=args.precision)
     print(json.dumps(result.to_dict(), indent=2) if args.json else result.table())
     return 0
 
@@ -214,7 +219,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     stored = calibrate_model_dir(args.model_dir, target_speedup=args.target_speedup, max_drop=args.max_drop,
                                  signal=args.signal, dataset=args.dataset, split=args.split,
-                                 max_samples=args.max_eval_samples, track=not args.no_track)
+                                 max_samples=args.max_eval_samples, track=not args.no_track,
+                                 precision=args.precision)
     if args.json:
         print(json.dumps(stored, indent=2))
     else:
@@ -246,7 +252,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     texts = _read_inputs(args.input)
     model = MultiExitModel.from_pretrained(args.model_dir)
-    answers = model.predict(texts, threshold=args.threshold, batch_size=args.batch_size, signal=args.signal)
+    answers = model.predict(texts, threshold=args.threshold, batch_size=args.batch_size, signal=args.signal,
+                            precision=args.precision)
     output = sys.stdout if args.output == "-" else open(args.output, "w")
     try:
         for answer in answers:
@@ -262,8 +269,18 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
     report = benchmark_model_dir(args.model_dir, threshold=args.threshold, batch_sizes=tuple(args.batch_sizes),
                                  repeats=args.repeats, max_samples=args.max_eval_samples, split=args.split,
-                                 signal=args.signal)
+                                 signal=args.signal, precision=args.precision)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
+def cmd_benchmark_train(args: argparse.Namespace) -> int:
+    from .throughput import benchmark_training, format_training_report
+
+    report = benchmark_training(backbone=args.backbone, dataset=args.dataset, batch_size=args.batch_size,
+                                max_length=args.max_length, max_steps=args.max_steps, repeats=args.repeats,
+                                warmup=args.warmup, num_layers=args.num_layers)
+    print(json.dumps(report, indent=2) if args.json else format_training_report(report))
     return 0
 
 
@@ -283,6 +300,13 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_precision_arg(parser: argparse.ArgumentParser) -> None:
+    from .config import TrainConfig
+
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                        help=f"{TrainConfig.model_fields['precision'].description} (default: auto)")
+
+
 def _add_saved_model_args(parser: argparse.ArgumentParser, json_help: str, dataset: bool = True,
                           track: bool = True) -> None:
     """The arguments of commands that read a saved model and a split of its data."""
@@ -293,6 +317,7 @@ def _add_saved_model_args(parser: argparse.ArgumentParser, json_help: str, datas
     parser.add_argument("--split", choices=("validation", "test"), default="validation", help="split (default: validation)")
     parser.add_argument("--max-eval-samples", type=int, metavar="N", help="use only the first N samples")
     parser.add_argument("--json", action="store_true", help=json_help)
+    _add_precision_arg(parser)
     if track:
         parser.add_argument("--no-track", action="store_true", help="do not log to MLflow")
 
@@ -367,6 +392,7 @@ def make_parser(argv: list[str]) -> argparse.ArgumentParser:
     predict.add_argument("--threshold", type=float, help="exit threshold (default: the calibrated one)")
     predict.add_argument("--signal", help="exit signal (default: the model's)")
     predict.add_argument("--batch-size", type=int, default=32, help="texts per batch (default: 32)")
+    _add_precision_arg(predict)
     predict.set_defaults(func=cmd_predict)
 
     bench = sub.add_parser("benchmark", help="measured early-exit speed-up against the full model",
@@ -378,6 +404,24 @@ def make_parser(argv: list[str]) -> argparse.ArgumentParser:
     bench.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32], metavar="B", help="(default: 1 32)")
     bench.add_argument("--repeats", type=int, default=5, help="timed repeats per path (default: 5)")
     bench.set_defaults(func=cmd_benchmark)
+
+    bench_train = sub.add_parser(
+        "benchmark-train", help="training speed for fp32/bf16 x random/length-grouped batches",
+        description="Time real training steps (the uniform weighting) in fp32 and bf16, with random and with "
+                    "length-grouped batches, interleaved after a warm-up, on batches that represent a whole epoch; "
+                    "report samples per second, padded and real tokens per second, and each configuration's "
+                    "ratio to fp32 with random batches.")
+    bench_train.add_argument("--backbone", default="minilm-l6", help="backbone (default: minilm-l6)")
+    bench_train.add_argument("--num-layers", type=int, metavar="N", help="keep only the first N layers")
+    bench_train.add_argument("--dataset", default="movie-reviews", help="dataset (default: movie-reviews)")
+    bench_train.add_argument("--batch-size", type=int, default=32, help="samples per step (default: 32)")
+    bench_train.add_argument("--max-length", type=int, default=64, help="maximum tokens per sample (default: 64)")
+    bench_train.add_argument("--max-steps", type=int, default=30, metavar="N",
+                             help="timed steps per configuration (default: 30; about 3 minutes on 2 CPU cores)")
+    bench_train.add_argument("--repeats", type=int, default=3, help="interleaved groups of steps (default: 3)")
+    bench_train.add_argument("--warmup", type=int, default=2, help="untimed steps per configuration (default: 2)")
+    bench_train.add_argument("--json", action="store_true", help="print the report as JSON")
+    bench_train.set_defaults(func=cmd_benchmark_train)
 
     plugins = sub.add_parser("plugins", help="list signals, weightings, backbones and datasets with their plugins")
     plugins.add_argument("--json", action="store_true", help='print {"signals": [...], "weightings": [...], ...}')

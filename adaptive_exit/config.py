@@ -46,6 +46,12 @@ class TrainConfig(_Strict):
     warmup_ratio: float = Field(0.1, ge=0, le=1, description="fraction of steps with linear warm-up")
     max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
     seed: int = Field(42, description="random seed for data order, dropout and thresholds")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 where the device runs it natively (a CUDA GPU with bf16, a CPU with "
+                            "AVX-512 BF16 or AMX), else fp32; fp16 (CUDA only) scales the loss")
+    group_by_length: bool = Field(
+        True, description="batch samples of similar length together (random mega-batches of 50 batches, each "
+                          "sorted by length): far less padding, same random batch order")
     calibrate_speedup: float | None = Field(
         2.0, ge=1.0, description="after training, store the threshold with the best evaluation-split metric at this "
                                  "layer speed-up or more, as `calibrate --target-speedup` would (predict's default)")

@@ -317,17 +317,81 @@ def tokenize(task: TaskData, tokenizer: Any, max_length: int, splits: tuple[str,
     return chosen.map(encode, batched=True, remove_columns=columns, desc="tokenizing")
 
 
-def make_loader(dataset: Any, tokenizer: Any, batch_size: int, shuffle: bool = False, seed: int = 0,
-                sampler: Any = None) -> Any:
-    """A DataLoader that pads each batch to its longest sample and yields ``labels``."""
+def token_lengths(dataset: Any) -> list[int]:
+    """Each tokenized sample's number of tokens."""
+    return [len(ids) for ids in dataset["input_ids"]]
+
+
+class TrainBatches:
+    """This process's training batches, one epoch at a time (a ``DataLoader`` batch sampler).
+
+    Random: the epoch's random order cut into batches. Grouped by length (the default): that random
+    order is cut into mega-batches of ``mega_batches`` batches, each sorted by length (longest first)
+    and cut into batches, and the batches are shuffled; a batch then holds samples of similar length,
+    so it is padded far less, while the batch order stays random. Under ``torchrun`` the order is
+    padded (by repeating its first samples) to a multiple of ``world_size``, and each global batch of
+    ``batch_size * world_size`` samples is dealt round-robin, so every rank gets its own share, of
+    similar length, and the same number of batches. The order depends only on ``seed`` and the epoch.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, group_by_length: bool = True,
+                 rank: int = 0, world_size: int = 1, mega_batches: int = 50):
+        if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"invalid batching: batch_size={batch_size}, rank={rank}, world_size={world_size}")
+        self.lengths = list(lengths)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.group_by_length = group_by_length
+        self.rank = rank
+        self.world_size = world_size
+        self.mega_batches = mega_batches
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use the order of ``epoch`` (0-based) from now on."""
+        self.epoch = epoch
+
+    def global_batches(self) -> list[list[int]]:
+        """The epoch's batches over all ranks, in order (each ``batch_size * world_size`` samples or fewer)."""
+        import torch
+
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(len(self.lengths), generator=generator).tolist()
+        order += (order * self.world_size)[:-len(order) % self.world_size]
+        size = self.batch_size * self.world_size
+        if not self.group_by_length:
+            return [order[i:i + size] for i in range(0, len(order), size)]
+        batches = []
+        mega = size * self.mega_batches
+        for start in range(0, len(order), mega):
+            chunk = sorted(order[start:start + mega], key=lambda i: -self.lengths[i])
+            batches += [chunk[i:i + size] for i in range(0, len(chunk), size)]
+        shuffled = torch.randperm(len(batches), generator=generator).tolist()
+        return [batches[i] for i in shuffled]
+
+    def __iter__(self) -> Any:
+        for batch in self.global_batches():
+            yield batch[self.rank::self.world_size]
+
+    def __len__(self) -> int:
+        return len(self.global_batches())
+
+
+def make_loader(dataset: Any, tokenizer: Any, batch_size: int = 1, sampler: Any = None,
+                batch_sampler: Any = None) -> Any:
+    """A DataLoader that pads each batch to its longest sample and yields ``labels``.
+
+    In the dataset's order in batches of ``batch_size``, unless a ``sampler`` (an order of indices) or
+    a ``batch_sampler`` (such as ``TrainBatches``) is given.
+    """
     import torch
     from transformers import DataCollatorWithPadding
 
-    generator = torch.Generator().manual_seed(seed)
-    return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-        collate_fn=DataCollatorWithPadding(tokenizer), generator=generator,
-    )
+    if batch_sampler is not None:
+        return torch.utils.data.DataLoader(dataset, batch_sampler=batch_sampler,
+                                           collate_fn=DataCollatorWithPadding(tokenizer))
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler,
+                                       collate_fn=DataCollatorWithPadding(tokenizer))
 
 
 @hookimpl

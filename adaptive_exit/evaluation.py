@@ -10,6 +10,7 @@ import torch
 
 from .exits import ExitOutputs, simulate_exits
 from .metrics import compute
+from .precision import Precision
 from .signals import Signal
 
 SPEEDUP_MARKS = (1.5, 2.0, 3.0, 4.0)
@@ -82,17 +83,33 @@ class EvaluationResult:
 
 @torch.no_grad()
 def collect_outputs(model: torch.nn.Module, batches: Iterable[dict[str, torch.Tensor]],
-                    device: torch.device | str = "cpu") -> tuple[ExitOutputs, torch.Tensor]:
-    """Every exit's outputs over all batches (model in eval mode), and the labels."""
+                    device: torch.device | str = "cpu", precision: Precision | None = None) -> tuple[ExitOutputs, torch.Tensor]:
+    """Every exit's outputs (fp32) over all batches (model in eval mode), and the labels."""
     model.eval()
+    precision = precision or Precision("fp32", device)
     logits, pooled, labels = [], [], []
     for batch in batches:
         batch = {k: v.to(device) for k, v in batch.items()}
-        out = model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+        with precision.autocast():
+            out = model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
         logits.append(out.logits.float().cpu())
         pooled.append(out.pooled.float().cpu())
         labels.append(batch["labels"].cpu())
     return ExitOutputs(torch.cat(logits, 1), torch.cat(pooled, 1)), torch.cat(labels)
+
+
+def split_outputs(model: torch.nn.Module, dataset: Any, batch_size: int, device: torch.device | str = "cpu",
+                  precision: Precision | None = None) -> tuple[ExitOutputs, torch.Tensor]:
+    """``collect_outputs`` over a tokenized split, batched by length (less padding), in the split's order."""
+    from .data import make_loader, token_lengths
+
+    lengths = token_lengths(dataset)
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    loader = make_loader(dataset, model.tokenizer, batch_size, sampler=order)
+    outputs, labels = collect_outputs(model, loader, device, precision)
+    back = torch.empty(len(order), dtype=torch.long)
+    back[torch.tensor(order, dtype=torch.long)] = torch.arange(len(order))
+    return ExitOutputs(outputs.logits[:, back], outputs.pooled[:, back]), labels[back]
 
 
 def unique_curve(speedups: np.ndarray, metrics: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -141,7 +158,7 @@ def evaluate_model_dir(model_dir: str, signal: str | None = None, signal_options
                        max_samples: int | None = None, batch_size: int = 64, track: bool = True,
                        command: str = "evaluate",
                        finish: Callable[[EvaluationResult], None] | None = None,
-                       parent: Any = None, run_name: str | None = None) -> EvaluationResult:
+                       parent: Any = None, run_name: str | None = None, precision: str = "auto") -> EvaluationResult:
     """Sweep a saved model on a split, with its own signal and dataset unless others are named.
 
     ``finish``, if given, sees the result before the trackers do (``calibrate`` picks its threshold there).
@@ -150,7 +167,7 @@ def evaluate_model_dir(model_dir: str, signal: str | None = None, signal_options
     from pydantic import ValidationError
 
     from .config import DataConfig, describe_validation_error, validate_options
-    from .data import load_task, make_loader, tokenize
+    from .data import load_task, tokenize
     from .errors import UsageError
     from .lifecycle import RunInfo, lifecycle
     from .model import MultiExitModel, load_signal_weights
@@ -172,10 +189,11 @@ def evaluate_model_dir(model_dir: str, signal: str | None = None, signal_options
         raise UsageError(describe_validation_error(exc, prefix="data")) from None
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1 (got {batch_size})")
+    runs_in = Precision(precision)
     plugins = {"signal": lookup("signals", signal_name), "dataset": lookup("datasets", data_config.dataset),
                "backbone": lookup("backbones", trained["backbone_type"])}
     config = {"model_dir": str(model_dir), "signal": {"name": signal_name, "options": options},
-              "data": data_config.model_dump(), "thresholds": thresholds}
+              "data": data_config.model_dump(), "thresholds": thresholds, "precision": runs_in.name}
     described = {kind: {"name": signal_name if kind == "signal" else data_config.dataset if kind == "dataset"
                         else trained["backbone_type"], "plugin": entry.plugin, "version": entry.version}
                  for kind, entry in plugins.items()}
@@ -193,7 +211,7 @@ def evaluate_model_dir(model_dir: str, signal: str | None = None, signal_options
             raise UsageError(f"dataset '{data_config.dataset}' has {len(task.label_names)} labels but the model "
                              f"was trained for {trained['num_labels']}; evaluate on a dataset with the same labels")
         tokenized = tokenize(task, model.tokenizer, data_config.max_length, (split,))
-        outputs, labels = collect_outputs(model, make_loader(tokenized[split], model.tokenizer, batch_size))
+        outputs, labels = split_outputs(model, tokenized[split], batch_size, precision=runs_in)
         result = sweep(outputs, labels, signal_obj, task.metric,
                        None if thresholds is None else torch.tensor(thresholds, dtype=torch.float64))
         if finish is not None:

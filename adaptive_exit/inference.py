@@ -9,6 +9,7 @@ import torch
 
 from .exits import ExitOutputs, exit_condition
 from .model import pooling_weights
+from .precision import Precision, full_precision
 from .signals import Signal
 
 
@@ -67,7 +68,8 @@ def early_exit_forward(model: Any, input_ids: torch.Tensor, attention_mask: torc
             view = ExitOutputs(history[0][: index + 1, rows], history[1][: index + 1, rows])
         else:
             view = ExitOutputs(logits.unsqueeze(0), pooled.unsqueeze(0))
-        leave = exit_condition(signal.score(view)[-1], threshold, signal.exit_when)
+        with full_precision(hidden.device):
+            leave = exit_condition(signal.score(view)[-1], threshold, signal.exit_when)
         leaving = int(leave.sum())
         if leaving == 0:
             continue
@@ -155,7 +157,7 @@ def text_columns(items: list[Any], fields: list[str]) -> list[list[str]]:
 
 @torch.no_grad()
 def predict(model: Any, texts: list[Any], threshold: float | None = None, batch_size: int = 32,
-            signal: str | None = None) -> list[dict[str, Any]]:
+            signal: str | None = None, precision: str = "auto") -> list[dict[str, Any]]:
     """Early-exit predictions for raw texts, in input order (batched by length internally)."""
     from .errors import UsageError
 
@@ -164,6 +166,7 @@ def predict(model: Any, texts: list[Any], threshold: float | None = None, batch_
     if batch_size < 1:
         raise UsageError(f"batch size must be at least 1 (got {batch_size})")
     model.eval()
+    runs_in = Precision(precision, next(model.parameters()).device)
     signal_obj = model_signal(model, signal)
     if threshold is None:
         threshold = stored_threshold(model, signal_obj.name)
@@ -177,8 +180,9 @@ def predict(model: Any, texts: list[Any], threshold: float | None = None, batch_
         chosen = order[start:start + batch_size]
         batch = model.tokenizer(*[[c[i] for i in chosen] for c in columns], padding=True, truncation=True,
                                 max_length=max_length, return_tensors="pt")
-        out = early_exit_forward(model, batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
-                                 signal_obj, threshold)
+        with runs_in.autocast():
+            out = early_exit_forward(model, batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
+                                     signal_obj, threshold)
         probabilities = torch.softmax(out.logits.float(), dim=-1)
         for row, original in enumerate(chosen):
             label_id = int(probabilities[row].argmax())

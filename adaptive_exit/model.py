@@ -73,9 +73,12 @@ class MultiExitModel(torch.nn.Module):
         return self.encoder.tokenizer
 
     def exit_output(self, index: int, hidden: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pooled state and logits of exit ``index`` for hidden states after its layer (``weights``: ``pooling_weights``)."""
+        """Pooled state and logits of exit ``index`` for hidden states after its layer (``weights``: ``pooling_weights``).
+
+        Both in fp32 whatever precision the layers ran in: losses and exit signals are computed from them.
+        """
         pooled = pool(hidden, weights)
-        return pooled, self.heads[index](pooled)
+        return pooled.float(), self.heads[index](pooled).float()
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: torch.Tensor | None = None) -> ExitOutputs:
@@ -125,15 +128,16 @@ class MultiExitModel(torch.nn.Module):
         return model
 
     def predict(self, texts: list[Any], threshold: float | None = None, batch_size: int = 32,
-                signal: str | None = None) -> list[dict[str, Any]]:
+                signal: str | None = None, precision: str = "auto") -> list[dict[str, Any]]:
         """Early-exit predictions for raw texts (strings, or pairs / dicts for pair tasks).
 
         Each answer has ``label``, ``label_id``, ``probabilities`` and ``exit_layer`` (1-based). The
-        threshold defaults to the one stored by ``adaptive-exit calibrate``.
+        threshold defaults to the one stored by ``adaptive-exit calibrate``; ``precision`` is that of
+        ``--precision`` (auto: bf16 where the CPU or GPU runs it natively).
         """
         from .inference import predict
 
-        return predict(self, texts, threshold=threshold, batch_size=batch_size, signal=signal)
+        return predict(self, texts, threshold=threshold, batch_size=batch_size, signal=signal, precision=precision)
 
 
 def update_model_config(directory: str | Path, key: str, value: Any) -> None:

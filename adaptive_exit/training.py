@@ -18,12 +18,15 @@ from tqdm.auto import tqdm
 
 from .calibration import calibration_record, choose_threshold
 from .config import RunConfig, validate_options
-from .data import load_task, make_loader, tokenize
+from .data import TrainBatches, load_task, make_loader, token_lengths, tokenize
 from .errors import UsageError
-from .evaluation import EvaluationResult, collect_outputs, sweep
+from .evaluation import EvaluationResult, split_outputs, sweep
 from .lifecycle import RunInfo, lifecycle
 from .model import MultiExitModel
 from .plugins import call_lifecycle, create, lookup
+from .precision import Precision
+
+EVAL_BATCH_SIZE = 64
 
 
 def set_seed(seed: int) -> None:
@@ -132,13 +135,16 @@ def save_atomically(model: MultiExitModel, signal: torch.nn.Module, output_dir: 
 
 def train_step(forward: torch.nn.Module, model: MultiExitModel, signal: torch.nn.Module, weighting: Any,
                optimizer: torch.optim.Optimizer, scheduler: Any, batch: dict[str, torch.Tensor], step: int,
-               max_grad_norm: float) -> dict[str, float]:
+               max_grad_norm: float, precision: Precision | None = None) -> dict[str, float]:
     """One optimizer step on ``batch`` (``step``: steps taken so far); returns the terms worth logging.
 
-    ``forward`` maps the batch to ``ExitOutputs`` (the model and signal, possibly wrapped by DDP).
+    ``forward`` maps the batch to ``ExitOutputs`` (the model and signal, possibly wrapped by DDP); it
+    runs under ``precision``'s autocast (default fp32), the losses in fp32 outside it.
     """
+    precision = precision or Precision("fp32", batch["labels"].device)
     weighting.start_step(model, step)
-    outputs = forward(batch)
+    with precision.autocast():
+        outputs = forward(batch)
     loss = weighting.loss(outputs, batch["labels"], step)
     total = loss.total
     logs = dict(loss.logs)
@@ -147,12 +153,27 @@ def train_step(forward: torch.nn.Module, model: MultiExitModel, signal: torch.nn
         total = total + signal_loss
         logs["signal_loss"] = float(signal_loss.detach())
     optimizer.zero_grad(set_to_none=True)
-    total.backward()
-    torch.nn.utils.clip_grad_norm_([*model.parameters(), *signal.parameters()], max_grad_norm)
-    optimizer.step()
+    precision.step(total, optimizer, [*model.parameters(), *signal.parameters()], max_grad_norm)
     scheduler.step()
     logs.update(loss=float(total.detach()), lr=scheduler.get_last_lr()[0])
     return logs
+
+
+def train_loader(dataset: Any, tokenizer: Any, config: RunConfig, dist: Distributed) -> Any:
+    """This process's training batches: grouped by length or random (``train.group_by_length``)."""
+    batches = TrainBatches(token_lengths(dataset), config.train.batch_size, config.train.seed,
+                           config.train.group_by_length, dist.rank, dist.world_size)
+    return make_loader(dataset, tokenizer, batch_sampler=batches)
+
+
+def describe_setup(precision: Precision, config: RunConfig, dist: Distributed) -> str:
+    """One line saying how training runs: device, precision, batching, threads."""
+    requested = config.train.precision
+    why = f" (auto on {'this GPU' if precision.device.type == 'cuda' else 'this CPU'})" if requested == "auto" else ""
+    batching = "grouped by length" if config.train.group_by_length else "random"
+    processes = f", {dist.world_size} processes" if dist.world_size > 1 else ""
+    threads = f", {torch.get_num_threads()} threads" if precision.device.type == "cpu" else ""
+    return f"training on {precision.device.type} in {precision.name}{why}, batches {batching}{processes}{threads}"
 
 
 def model_config(config: RunConfig, task: Any, num_labels: int) -> dict[str, Any]:
@@ -187,7 +208,11 @@ def train(config: RunConfig, parent: RunInfo | None = None,
     if Path(output_dir).exists() and any(Path(output_dir).iterdir()):
         raise UsageError(f"output directory '{output_dir}' exists and is not empty; pass another --output-dir")
     plugins = chosen_plugins(config)
+    precision = Precision(config.train.precision, dist.device)
+    if dist.main:
+        print(f"adaptive-exit: {describe_setup(precision, config, dist)}", file=sys.stderr)
     config = resolve_options(config)
+    config = config.model_copy(update={"train": config.train.model_copy(update={"precision": precision.name})})
     set_seed(config.train.seed)
     run = RunInfo("train", config.model_dump(), plugins, config.tracking.experiment or config.data.dataset,
                   config.tracking.enabled, run_name=run_name or f"{config.weighting.name}-{config.signal.name}",
@@ -208,12 +233,8 @@ def train(config: RunConfig, parent: RunInfo | None = None,
                         hidden_size=encoder.hidden_size, num_labels=num_labels).to(dist.device)
         eval_split = config.data.eval_split
         tokenized = tokenize(task, encoder.tokenizer, config.data.max_length, ("train", eval_split))
-        sampler = (torch.utils.data.distributed.DistributedSampler(tokenized["train"], seed=config.train.seed)
-                   if dist.world_size > 1 else None)
-        train_loader = make_loader(tokenized["train"], encoder.tokenizer, config.train.batch_size, shuffle=True,
-                                   seed=config.train.seed, sampler=sampler)
-        eval_loader = make_loader(tokenized[eval_split], encoder.tokenizer, 64)
-        total_steps = len(train_loader) * config.train.epochs
+        loader = train_loader(tokenized["train"], encoder.tokenizer, config, dist)
+        total_steps = len(loader) * config.train.epochs
         weighting = create("weightings", config.weighting.name, config.weighting.options, signal=signal,
                            num_exits=model.num_exits, total_steps=total_steps)
         trainable = Trainable(model, signal)
@@ -228,16 +249,15 @@ def train(config: RunConfig, parent: RunInfo | None = None,
         result = None
         step = 0
         for epoch in range(config.train.epochs):
-            if sampler is not None:
-                sampler.set_epoch(epoch)
+            loader.batch_sampler.set_epoch(epoch)
             weighting.start_epoch(model, epoch)
             wrapped.train()
-            bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{config.train.epochs}", disable=not dist.main,
+            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.train.epochs}", disable=not dist.main,
                        mininterval=1.0, dynamic_ncols=True)
             for batch in bar:
                 batch = {k: v.to(dist.device) for k, v in batch.items()}
                 logs = train_step(wrapped, model, signal, weighting, optimizer, scheduler, batch, step,
-                                  config.train.max_grad_norm)
+                                  config.train.max_grad_norm, precision)
                 step += 1
                 logs["epoch"] = epoch + 1
                 bar.set_postfix(loss=f"{logs['loss']:.4f}", refresh=False)
@@ -246,7 +266,7 @@ def train(config: RunConfig, parent: RunInfo | None = None,
             weighting.end_epoch(epoch)
             if dist.main:
                 signal.eval()
-                outs, labels = collect_outputs(model, eval_loader, dist.device)
+                outs, labels = split_outputs(model, tokenized[eval_split], EVAL_BATCH_SIZE, dist.device, precision)
                 result = sweep(outs, labels, signal, task.metric)
                 result.epoch = epoch + 1
                 call_lifecycle("on_evaluate_end", run=run, results=result)

@@ -1,0 +1,74 @@
+"""Numeric precision: which one a device runs natively, autocast around the encoder, loss scaling for fp16."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import torch
+
+from .errors import UsageError
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def cpu_has_native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX); False where that cannot be read."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(name: str, device: torch.device | str) -> str:
+    """The precision to run in: ``auto`` becomes bf16 where ``device`` runs it natively, else fp32."""
+    device = torch.device(device)
+    if name not in PRECISIONS:
+        raise UsageError(f"unknown precision '{name}'; choose one of {', '.join(PRECISIONS)}")
+    cuda = device.type == "cuda"
+    if name == "auto":
+        native = torch.cuda.is_bf16_supported() if cuda else device.type == "cpu" and cpu_has_native_bf16()
+        return "bf16" if native else "fp32"
+    if name == "fp16" and not cuda:
+        raise UsageError("--precision fp16 needs a CUDA GPU; on a CPU use bf16 (or auto)")
+    if name == "bf16" and cuda and not torch.cuda.is_bf16_supported():
+        raise UsageError("this GPU does not support bf16; use --precision fp16 (or auto)")
+    return name
+
+
+class Precision:
+    """A resolved precision on a device: autocast for forward passes, and the backward and optimizer step.
+
+    Parameters and optimizer state stay fp32; only operations inside ``autocast()`` run in the lower
+    precision. fp16 scales the loss (``torch.amp.GradScaler``) so small gradients do not underflow.
+    """
+
+    def __init__(self, name: str = "auto", device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.name = resolve_precision(name, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.name == "fp16")
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Run the enclosed operations in this precision (a no-op for fp32)."""
+        return torch.autocast(self.device.type, dtype=DTYPES[self.name], enabled=self.name != "fp32")
+
+    def step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, parameters: Iterable[torch.nn.Parameter],
+             max_grad_norm: float) -> torch.Tensor:
+        """Backward pass, gradient clipping and optimizer step; returns the gradients' total norm (unscaled)."""
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(list(parameters), max_grad_norm)
+        self.scaler.step(optimizer)
+        self.scaler.update()
+        return norm
+
+
+@contextlib.contextmanager
+def full_precision(device: torch.device | str) -> Iterator[None]:
+    """Turn autocast off inside an autocast region (exit signals are scored in fp32: they meet thresholds)."""
+    with torch.autocast(torch.device(device).type, enabled=False):
+        yield
