@@ -1,0 +1,123 @@
+"""Does the fast training default cost quality or time? Whole `train` runs, each result kept as a file.
+
+    python benchmarks/training_quality.py [--seeds 1,2,3] [--epochs 2] [--results DIR] [--work DIR]
+    python benchmarks/training_quality.py --render      # the markdown tables from the result files alone
+
+Two experiments, each a list of real `adaptive-exit train` commands run one at a time:
+- timing: the README's first command (COSEE, entropy, 1 epoch, full movie-reviews split) at the fast
+  default and with `--precision fp32 --no-group-by-length`; the wall time of each whole command;
+- quality: `uniform` joint training, full movie-reviews split, `--epochs` epochs, each seed, at the
+  fast default and at fp32 with random batches; test accuracy of the final exit and test AUC, from
+  `evaluate --split test` in the precision the model was trained in.
+Each finished run writes `<results>/<name>.json`; a run whose file exists is skipped, so an
+interrupted comparison resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SLOW = ["--precision", "fp32", "--no-group-by-length"]
+
+
+def planned(seeds: list[int], epochs: int) -> list[tuple[str, list[str], str]]:
+    """(name, train flags, precision to evaluate in) of every run, in the order they run."""
+    readme = ["--weighting", "cosee", "--signal", "entropy", "--epochs", "1", "--seed", "1"]
+    runs = [("timing-default", readme, "auto"), ("timing-fp32-random", readme + SLOW, "fp32")]
+    for seed in seeds:
+        flags = ["--weighting", "uniform", "--signal", "entropy", "--epochs", str(epochs), "--seed", str(seed)]
+        runs += [(f"quality-default-seed{seed}", flags, "auto"), (f"quality-fp32-random-seed{seed}", flags + SLOW, "fp32")]
+    return runs
+
+
+def command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "adaptive_exit", *args]
+
+
+def run_one(name: str, flags: list[str], precision: str, results: Path, work: Path) -> None:
+    output_dir = work / name
+    if output_dir.exists():
+        subprocess.run(["rm", "-rf", str(output_dir)], check=True)
+    start = time.perf_counter()
+    done = subprocess.run(command("train", *flags, "--no-track", "--output-dir", str(output_dir)),
+                          capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"{name}: train failed:\n{done.stderr[-3000:]}")
+    setup = next((line for line in done.stderr.splitlines() if "training on" in line), "")
+    test = subprocess.run(command("evaluate", str(output_dir), "--split", "test", "--json", "--no-track",
+                                  "--precision", precision), capture_output=True, text=True)
+    if test.returncode != 0:
+        raise SystemExit(f"{name}: evaluate failed:\n{test.stderr[-3000:]}")
+    result = json.loads(test.stdout)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
+    record = {"name": name, "train_flags": flags, "setup": setup.removeprefix("adaptive-exit: "),
+              "train_seconds": round(seconds, 1), "test_final_accuracy": result["per_exit_metric"][-1],
+              "test_auc": result["auc"], "test_per_exit_accuracy": result["per_exit_metric"],
+              "test_metric_at": result["metric_at"], "commit": commit.stdout.strip(),
+              "date": time.strftime("%Y-%m-%d")}
+    (results / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(f"{name}: {seconds:.0f} s, test accuracy {record['test_final_accuracy']:.4f}, AUC {record['test_auc']:.4f}",
+          flush=True)
+
+
+def mean_std(values: list[float]) -> str:
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.4f} ± {std:.4f}"
+
+
+def render(results: Path) -> str:
+    """The timing and quality tables in markdown, from the result files."""
+    records = {p.stem: json.loads(p.read_text()) for p in sorted(results.glob("*.json"))}
+    lines = []
+    fast, slow = records.get("timing-default"), records.get("timing-fp32-random")
+    if fast and slow:
+        lines += ["| `train --weighting cosee --signal entropy` (1 epoch) | setup | wall time |", "|---|---|---|",
+                  f"| default | {fast['setup']} | {fast['train_seconds']:.0f} s |",
+                  f"| `--precision fp32 --no-group-by-length` | {slow['setup']} | {slow['train_seconds']:.0f} s |",
+                  "", f"Speed-up of the whole command: **{slow['train_seconds'] / fast['train_seconds']:.2f}x**.", ""]
+    rows = []
+    for variant, label in (("default", "default (bf16 where native, length-grouped)"),
+                           ("fp32-random", "`--precision fp32 --no-group-by-length`")):
+        found = [r for n, r in records.items() if n.startswith(f"quality-{variant}-seed")]
+        if found:
+            seeds = ", ".join(n.rsplit("seed", 1)[1] for n in records if n.startswith(f"quality-{variant}-seed"))
+            rows.append(f"| {label} | {seeds} | {mean_std([r['test_final_accuracy'] for r in found])} | "
+                        f"{mean_std([r['test_auc'] for r in found])} | "
+                        f"{statistics.mean(r['train_seconds'] for r in found):.0f} s |")
+    if rows:
+        lines += ["| uniform, entropy | seeds | final-exit test accuracy | test AUC | wall time per run |",
+                  "|---|---|---|---|---|", *rows]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", default="1,2,3", help="seeds of the quality runs (default: 1,2,3)")
+    parser.add_argument("--epochs", type=int, default=2, help="epochs of the quality runs (default: 2)")
+    parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "throughput"),
+                        help="folder of the result files (default: benchmarks/results/throughput)")
+    parser.add_argument("--work", default="outputs/training-quality", help="where the models go")
+    parser.add_argument("--render", action="store_true", help="only print the tables from the result files")
+    args = parser.parse_args()
+    results = Path(args.results)
+    if not args.render:
+        results.mkdir(parents=True, exist_ok=True)
+        for name, flags, precision in planned([int(s) for s in args.seeds.split(",")], args.epochs):
+            if (results / f"{name}.json").exists():
+                print(f"{name}: done before, skipped", flush=True)
+                continue
+            run_one(name, flags, precision, results, Path(args.work))
+    print(render(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
