@@ -12,7 +12,7 @@ from .data import load_task, make_loader, tokenize
 from .errors import UsageError
 from .inference import early_exit_forward, final_forward, model_signal, stored_threshold, text_columns
 from .model import MultiExitModel, pool, pooling_weights
-from .precision import Precision
+from .precision import Precision, default_device
 
 
 def _hf_forward(model: MultiExitModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -26,9 +26,15 @@ def _engine_forward(model: MultiExitModel, batch: dict[str, torch.Tensor]) -> to
     return final_forward(model, batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
 
 
-def _timed(run: Callable[[], Any]) -> float:
+def _timed(run: Callable[[], Any], precision: Precision) -> float:
+    """Seconds ``run`` takes in ``precision`` (one autocast region per run, as ``predict`` has)."""
+    if precision.device.type == "cuda":
+        torch.cuda.synchronize()
     start = time.perf_counter()
-    run()
+    with precision.autocast():
+        run()
+    if precision.device.type == "cuda":
+        torch.cuda.synchronize()
     return time.perf_counter() - start
 
 
@@ -56,15 +62,10 @@ def benchmark_model_dir(model_dir: str, threshold: float | None = None, batch_si
     """Time the full model and early exit on the same tokenized inputs, interleaved, median of ``repeats``."""
     if repeats < 1 or any(b < 1 for b in batch_sizes):
         raise UsageError("--repeats and every batch size must be at least 1")
-    runs_in = Precision(precision)
-    with runs_in.autocast():
-        return _benchmark(MultiExitModel.from_pretrained(model_dir), threshold, batch_sizes, repeats, max_samples,
-                          split, signal, runs_in.name)
-
-
-def _benchmark(model: MultiExitModel, threshold: float | None, batch_sizes: tuple[int, ...], repeats: int,
-               max_samples: int | None, split: str, signal: str | None, precision: str) -> dict[str, Any]:
-    signal_obj = model_signal(model, signal)
+    runs_in = Precision(precision, default_device())
+    device = runs_in.device
+    model = MultiExitModel.from_pretrained(model_dir).to(device)
+    signal_obj = model_signal(model, signal).to(device)
     if threshold is None:
         threshold = stored_threshold(model, signal_obj.name)
     from .config import DataConfig
@@ -75,12 +76,13 @@ def _benchmark(model: MultiExitModel, threshold: float | None, batch_sizes: tupl
     tokenized = tokenize(task, model.tokenizer, data_values["max_length"], (split,))[split]
     columns = text_columns([{f: row[f] for f in task.text_fields} for row in texts], list(task.text_fields))
     report: dict[str, Any] = {"threshold": threshold, "signal": signal_obj.name, "samples": len(tokenized),
-                              "device": "cpu", "precision": precision, "torch_threads": torch.get_num_threads(),
+                              "device": device.type, "precision": runs_in.name, "torch_threads": torch.get_num_threads(),
                               "batch_sizes": {}}
     for batch_size in batch_sizes:
-        batches = list(make_loader(tokenized, model.tokenizer, batch_size))
-        exits = [early_exit_forward(model, b["input_ids"], b["attention_mask"], b.get("token_type_ids"),
-                                    signal_obj, threshold).exit_index for b in batches]
+        batches = [{k: v.to(device) for k, v in b.items()} for b in make_loader(tokenized, model.tokenizer, batch_size)]
+        with runs_in.autocast():
+            exits = [early_exit_forward(model, b["input_ids"], b["attention_mask"], b.get("token_type_ids"),
+                                        signal_obj, threshold).exit_index for b in batches]
         exit_index = torch.cat(exits)
         lengths = torch.cat([b["attention_mask"].sum(1) for b in batches])
         layer_speedup = model.num_exits * exit_index.numel() / float((exit_index + 1).sum())
@@ -97,18 +99,18 @@ def _benchmark(model: MultiExitModel, threshold: float | None, batch_sizes: tupl
             def run() -> None:
                 for chunk in text_batches:
                     forward(dict(model.tokenizer(*chunk, padding=True, truncation=True, max_length=max_length,
-                                                 return_tensors="pt")))
+                                                 return_tensors="pt").to(device)))
             return run
 
         runs["hf_e2e"] = end_to_end(lambda b: _hf_forward(model, b))
         runs["early_e2e"] = end_to_end(lambda b: early_exit_forward(
             model, b["input_ids"], b["attention_mask"], b.get("token_type_ids"), signal_obj, threshold))
         for run in runs.values():  # warm-up
-            run()
+            _timed(run, runs_in)
         times: dict[str, list[float]] = {name: [] for name in runs}
         for _ in range(repeats):
             for name, run in runs.items():
-                times[name].append(_timed(run))
+                times[name].append(_timed(run, runs_in))
         median = {name: statistics.median(values) for name, values in times.items()}
         full = min(median["hf"], median["engine"])
         measured = full / median["early"]

@@ -249,9 +249,10 @@ def _read_inputs(source: str) -> list[Any]:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from .model import MultiExitModel
+    from .precision import default_device
 
     texts = _read_inputs(args.input)
-    model = MultiExitModel.from_pretrained(args.model_dir)
+    model = MultiExitModel.from_pretrained(args.model_dir).to(default_device())
     answers = model.predict(texts, threshold=args.threshold, batch_size=args.batch_size, signal=args.signal,
                             precision=args.precision)
     output = sys.stdout if args.output == "-" else open(args.output, "w")

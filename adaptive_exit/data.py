@@ -11,7 +11,7 @@ import sys
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Iterator
 
 from .config import DataConfig
 from .errors import UsageError
@@ -355,9 +355,10 @@ class TrainBatches:
         """The epoch's batches over all ranks, in order (each ``batch_size * world_size`` samples or fewer)."""
         import torch
 
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)  # no seed repeats another's epoch
         order = torch.randperm(len(self.lengths), generator=generator).tolist()
-        order += (order * self.world_size)[:-len(order) % self.world_size]
+        pad = -len(order) % self.world_size
+        order += (order * self.world_size)[:pad]
         size = self.batch_size * self.world_size
         if not self.group_by_length:
             return [order[i:i + size] for i in range(0, len(order), size)]
@@ -369,7 +370,7 @@ class TrainBatches:
         shuffled = torch.randperm(len(batches), generator=generator).tolist()
         return [batches[i] for i in shuffled]
 
-    def __iter__(self) -> Any:
+    def __iter__(self) -> Iterator[list[int]]:
         for batch in self.global_batches():
             yield batch[self.rank::self.world_size]
 
@@ -377,7 +378,7 @@ class TrainBatches:
         return len(self.global_batches())
 
 
-def make_loader(dataset: Any, tokenizer: Any, batch_size: int = 1, sampler: Any = None,
+def make_loader(dataset: Any, tokenizer: Any, batch_size: int | None = None, sampler: Any = None,
                 batch_sampler: Any = None) -> Any:
     """A DataLoader that pads each batch to its longest sample and yields ``labels``.
 

@@ -10,7 +10,7 @@ import torch
 
 from .exits import ExitOutputs, simulate_exits
 from .metrics import compute
-from .precision import Precision
+from .precision import Precision, default_device
 from .signals import Signal
 
 SPEEDUP_MARKS = (1.5, 2.0, 3.0, 4.0)
@@ -189,7 +189,8 @@ def evaluate_model_dir(model_dir: str, signal: str | None = None, signal_options
         raise UsageError(describe_validation_error(exc, prefix="data")) from None
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1 (got {batch_size})")
-    runs_in = Precision(precision)
+    device = default_device()
+    runs_in = Precision(precision, device)
     plugins = {"signal": lookup("signals", signal_name), "dataset": lookup("datasets", data_config.dataset),
                "backbone": lookup("backbones", trained["backbone_type"])}
     config = {"model_dir": str(model_dir), "signal": {"name": signal_name, "options": options},
@@ -204,14 +205,15 @@ def evaluate_model_dir(model_dir: str, signal: str | None = None, signal_options
                             hidden_size=model.encoder.hidden_size, num_labels=trained["num_labels"])
         if signal_name == trained["signal"]["name"]:
             load_signal_weights(signal_obj, model_dir)
-        signal_obj.eval()
+        signal_obj.to(device).eval()
+        model.to(device)
         task = load_task(data_config)
         call_lifecycle("on_data_loaded", run=run, task=task, splits=(split,))
         if len(task.label_names) != trained["num_labels"]:
             raise UsageError(f"dataset '{data_config.dataset}' has {len(task.label_names)} labels but the model "
                              f"was trained for {trained['num_labels']}; evaluate on a dataset with the same labels")
         tokenized = tokenize(task, model.tokenizer, data_config.max_length, (split,))
-        outputs, labels = split_outputs(model, tokenized[split], batch_size, precision=runs_in)
+        outputs, labels = split_outputs(model, tokenized[split], batch_size, device, runs_in)
         result = sweep(outputs, labels, signal_obj, task.metric,
                        None if thresholds is None else torch.tensor(thresholds, dtype=torch.float64))
         if finish is not None:

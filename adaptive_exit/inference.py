@@ -166,27 +166,38 @@ def predict(model: Any, texts: list[Any], threshold: float | None = None, batch_
     if batch_size < 1:
         raise UsageError(f"batch size must be at least 1 (got {batch_size})")
     model.eval()
-    runs_in = Precision(precision, next(model.parameters()).device)
-    signal_obj = model_signal(model, signal)
+    device = next(model.parameters()).device
+    runs_in = Precision(precision, device)
+    signal_obj = model_signal(model, signal).to(device)
     if threshold is None:
         threshold = stored_threshold(model, signal_obj.name)
     fields = model.config["text_fields"]
     max_length = model.config["run"]["data"]["max_length"]
     columns = text_columns(list(texts), fields)
     order = sorted(range(len(texts)), key=lambda i: sum(len(c[i]) for c in columns))
-    labels = model.config["label_names"]
     results: list[dict[str, Any] | None] = [None] * len(texts)
-    for start in range(0, len(order), batch_size):
-        chosen = order[start:start + batch_size]
-        batch = model.tokenizer(*[[c[i] for i in chosen] for c in columns], padding=True, truncation=True,
-                                max_length=max_length, return_tensors="pt")
-        with runs_in.autocast():
-            out = early_exit_forward(model, batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
-                                     signal_obj, threshold)
-        probabilities = torch.softmax(out.logits.float(), dim=-1)
-        for row, original in enumerate(chosen):
-            label_id = int(probabilities[row].argmax())
-            results[original] = {"label": labels[label_id], "label_id": label_id,
-                                 "probabilities": [round(float(p), 6) for p in probabilities[row]],
-                                 "exit_layer": int(out.exit_index[row]) + 1}
+    with runs_in.autocast():  # once for all batches: autocast keeps its casts of the weights until it ends
+        for start in range(0, len(order), batch_size):
+            chosen = order[start:start + batch_size]
+            _answer_batch(model, [[c[i] for i in chosen] for c in columns], chosen, signal_obj, threshold,
+                          max_length, results)
     return results
+
+
+def _answer_batch(model: Any, columns: list[list[str]], rows: list[int], signal: Signal, threshold: float,
+                 max_length: int, results: list[dict[str, Any] | None]) -> None:
+    """Early exit on one batch of texts; puts each answer at its original position in ``results``."""
+    device = next(model.parameters()).device
+    labels = model.config["label_names"]
+    batch = model.tokenizer(*columns, padding=True, truncation=True, max_length=max_length,
+                            return_tensors="pt").to(device)
+    out = early_exit_forward(model, batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
+                             signal, threshold)
+    probabilities = torch.softmax(out.logits.float(), dim=-1).cpu()
+    exit_index = out.exit_index.cpu()
+    for row, original in enumerate(rows):
+        label_id = int(probabilities[row].argmax())
+        results[original] = {"label": labels[label_id], "label_id": label_id,
+                             "probabilities": [round(float(p), 6) for p in probabilities[row]],
+                             "exit_layer": int(exit_index[row]) + 1}
+

@@ -11,6 +11,7 @@ import torch
 from .backbones import Encoder
 from .errors import UsageError
 from .exits import ExitOutputs
+from .precision import full_precision
 
 MODEL_CONFIG = "adaptive_exit.json"
 WEIGHTS = "model.safetensors"
@@ -75,10 +76,12 @@ class MultiExitModel(torch.nn.Module):
     def exit_output(self, index: int, hidden: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Pooled state and logits of exit ``index`` for hidden states after its layer (``weights``: ``pooling_weights``).
 
-        Both in fp32 whatever precision the layers ran in: losses and exit signals are computed from them.
+        Both computed in fp32 whatever precision the layers ran in (autocast is off here): losses and exit
+        signals are computed from them, and a bf16 rounding would move samples across a threshold.
         """
-        pooled = pool(hidden, weights)
-        return pooled.float(), self.heads[index](pooled).float()
+        with full_precision(hidden.device):
+            pooled = pool(hidden.float(), weights.float())
+            return pooled, self.heads[index](pooled)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: torch.Tensor | None = None) -> ExitOutputs:

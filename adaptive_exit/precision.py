@@ -1,4 +1,4 @@
-"""Numeric precision: which one a device runs natively, autocast around the encoder, loss scaling for fp16."""
+"""Numeric precision and device: which precision a device runs natively, autocast, loss scaling for fp16."""
 
 from __future__ import annotations
 
@@ -12,6 +12,11 @@ from .errors import UsageError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def default_device() -> torch.device:
+    """The device commands run on: the first CUDA GPU where there is one, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def cpu_has_native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
@@ -31,11 +36,12 @@ def resolve_precision(name: str, device: torch.device | str) -> str:
         raise UsageError(f"unknown precision '{name}'; choose one of {', '.join(PRECISIONS)}")
     cuda = device.type == "cuda"
     if name == "auto":
-        native = torch.cuda.is_bf16_supported() if cuda else device.type == "cpu" and cpu_has_native_bf16()
+        native = (torch.cuda.is_bf16_supported(including_emulation=False) if cuda
+                  else device.type == "cpu" and cpu_has_native_bf16())
         return "bf16" if native else "fp32"
     if name == "fp16" and not cuda:
         raise UsageError("--precision fp16 needs a CUDA GPU; on a CPU use bf16 (or auto)")
-    if name == "bf16" and cuda and not torch.cuda.is_bf16_supported():
+    if name == "bf16" and cuda and not torch.cuda.is_bf16_supported(including_emulation=False):
         raise UsageError("this GPU does not support bf16; use --precision fp16 (or auto)")
     return name
 

@@ -39,17 +39,17 @@ def benchmark_training(backbone: str = "minilm-l6", dataset: str = "movie-review
     """
     from transformers import DataCollatorWithPadding
 
-    from .config import DataConfig, RunConfig
+    from .config import RunConfig
     from .data import TrainBatches, load_task, token_lengths, tokenize
     from .model import MultiExitModel
     from .plugins import create, lookup
-    from .precision import Precision
+    from .precision import Precision, default_device
     from .training import Trainable, make_optimizer, model_config, set_seed, train_step
 
     if max_steps < repeats or repeats < 1 or warmup < 0 or batch_size < 1:
         raise UsageError("need --repeats >= 1, --max-steps >= --repeats, --warmup >= 0 and --batch-size >= 1")
     set_seed(seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device()
     config = RunConfig.model_validate({"model": {"backbone": backbone, "num_layers": num_layers},
                                        "data": {"dataset": dataset, "max_length": max_length},
                                        "train": {"batch_size": batch_size, "seed": seed}})
@@ -73,8 +73,10 @@ def benchmark_training(backbone: str = "minilm-l6", dataset: str = "movie-review
     for name, (precision, grouped) in CONFIGS.items():
         epoch = TrainBatches(lengths, batch_size, seed, grouped).global_batches()
         chosen = representative_batches(epoch, lengths, max_steps)
+        if len(chosen) < repeats:
+            raise UsageError(f"an epoch has only {len(chosen)} batches; pass --repeats {len(chosen)} or less")
         groups = [[prepared(b) for b in chosen[r::repeats]] for r in range(repeats)]
-        plans[name] = (Precision(precision, device), groups, [prepared(b) for b in chosen[:warmup]])
+        plans[name] = (Precision(precision, device), groups, [prepared(b) for b in chosen[::-1][:warmup]])
 
     step = 0
 

@@ -1,7 +1,7 @@
 """Does the fast training default cost quality or time? Whole `train` runs, each result kept as a file.
 
     python benchmarks/training_quality.py [--seeds 1,2,3] [--epochs 2] [--results DIR] [--work DIR]
-    python benchmarks/training_quality.py --render      # the markdown tables from the result files alone
+    python benchmarks/training_quality.py --render      # docs/RESULTS.md's section from the result files alone
 
 Two experiments, each a list of real `adaptive-exit train` commands run one at a time:
 - timing: the README's first command (COSEE, entropy, 1 epoch, full movie-reviews split) at the fast
@@ -10,7 +10,9 @@ Two experiments, each a list of real `adaptive-exit train` commands run one at a
   fast default and at fp32 with random batches; test accuracy of the final exit and test AUC, from
   `evaluate --split test` in the precision the model was trained in.
 Each finished run writes `<results>/<name>.json`; a run whose file exists is skipped, so an
-interrupted comparison resumes where it stopped.
+interrupted comparison resumes where it stopped. The tables go into docs/RESULTS.md (section
+`training-speed`), together with `<results>/benchmark-train.json` if it is there (the output of
+`python benchmarks/training.py --json`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare import update_results  # noqa: E402  (benchmarks/ is not a package)
+
 SLOW = ["--precision", "fp32", "--no-group-by-length"]
 
 
@@ -38,10 +43,12 @@ def planned(seeds: list[int], epochs: int) -> list[tuple[str, list[str], str]]:
 
 
 def command(*args: str) -> list[str]:
+    """``adaptive-exit ARGS`` as a subprocess command line of this Python."""
     return [sys.executable, "-m", "adaptive_exit", *args]
 
 
 def run_one(name: str, flags: list[str], precision: str, results: Path, work: Path) -> None:
+    """Train, time, evaluate on test, and write ``<results>/<name>.json``."""
     output_dir = work / name
     if output_dir.exists():
         subprocess.run(["rm", "-rf", str(output_dir)], check=True)
@@ -57,7 +64,7 @@ def run_one(name: str, flags: list[str], precision: str, results: Path, work: Pa
     if test.returncode != 0:
         raise SystemExit(f"{name}: evaluate failed:\n{test.stderr[-3000:]}")
     result = json.loads(test.stdout)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
+    commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True, cwd=ROOT)
     record = {"name": name, "train_flags": flags, "setup": setup.removeprefix("adaptive-exit: "),
               "train_seconds": round(seconds, 1), "test_final_accuracy": result["per_exit_metric"][-1],
               "test_auc": result["auc"], "test_per_exit_accuracy": result["per_exit_metric"],
@@ -69,14 +76,36 @@ def run_one(name: str, flags: list[str], precision: str, results: Path, work: Pa
 
 
 def mean_std(values: list[float]) -> str:
+    """'mean ± sample standard deviation' with four decimals."""
     std = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{statistics.mean(values):.4f} ± {std:.4f}"
 
 
 def render(results: Path) -> str:
-    """The timing and quality tables in markdown, from the result files."""
-    records = {p.stem: json.loads(p.read_text()) for p in sorted(results.glob("*.json"))}
-    lines = []
+    """The results section in markdown (benchmark, timing and quality tables), from the result files."""
+    records = {p.stem: json.loads(p.read_text())
+               for p in sorted(results.glob("*.json"), key=lambda p: (len(p.stem), p.stem))}
+    runs = [r for n, r in records.items() if n.startswith(("timing-", "quality-"))]
+    lines = ["## Training speed: mixed precision and length-grouped batches", ""]
+    bench = records.get("benchmark-train")
+    if bench:
+        lines += [f"`python benchmarks/training.py --json` ({bench['backbone']}, {bench['num_exits']} exits, "
+                  f"{bench['dataset']} training split, batch {bench['batch_size']}, {bench['device']} with "
+                  f"{bench['torch_threads']} threads; {bench['steps']} steps per configuration on batches spread "
+                  f"evenly over an epoch's padded lengths, {bench['repeats']} interleaved groups, medians):", "",
+                  "| configuration | samples/s | s/step | padded tokens/s | real tokens/s | padding | vs fp32-random |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, row in bench["configs"].items():
+            lines.append(f"| {name} | {row['samples_per_second']:.1f} | {row['seconds_per_step']:.3f} | "
+                         f"{row['padded_tokens_per_second']:.0f} | {row['real_tokens_per_second']:.0f} | "
+                         f"{row['padding_share']:.0%} | {row['vs_fp32_random']:.2f}x |")
+        lines += [""]
+    if runs:
+        commits = ", ".join(sorted({f"`{r['commit']}`" for r in runs}))
+        dates = ", ".join(sorted({r["date"] for r in runs}))
+        lines += [f"Whole `adaptive-exit train` runs by `python benchmarks/training_quality.py` on {dates} at "
+                  f"commit {commits}, one at a time, full movie-reviews training split (8,568 sentences); test "
+                  f"numbers from `evaluate --split test` in the precision each model was trained in.", ""]
     fast, slow = records.get("timing-default"), records.get("timing-fp32-random")
     if fast and slow:
         lines += ["| `train --weighting cosee --signal entropy` (1 epoch) | setup | wall time |", "|---|---|---|",
@@ -93,19 +122,22 @@ def render(results: Path) -> str:
                         f"{mean_std([r['test_auc'] for r in found])} | "
                         f"{statistics.mean(r['train_seconds'] for r in found):.0f} s |")
     if rows:
-        lines += ["| uniform, entropy | seeds | final-exit test accuracy | test AUC | wall time per run |",
-                  "|---|---|---|---|---|", *rows]
-    return "\n".join(lines)
+        flags = next(r["train_flags"] for n, r in records.items() if n.startswith("quality-"))
+        lines += [f"| uniform, entropy, {flags[flags.index('--epochs') + 1]} epochs | seeds | final-exit test accuracy | test AUC | wall time per run |",
+                  "|---|---|---|---|---|", *rows, "", "Mean ± sample standard deviation over the seeds."]
+    return "\n".join(lines) + "\n"
 
 
 def main() -> int:
+    """Run what has no result file yet, then write the section."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", default="1,2,3", help="seeds of the quality runs (default: 1,2,3)")
     parser.add_argument("--epochs", type=int, default=2, help="epochs of the quality runs (default: 2)")
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "throughput"),
                         help="folder of the result files (default: benchmarks/results/throughput)")
     parser.add_argument("--work", default="outputs/training-quality", help="where the models go")
-    parser.add_argument("--render", action="store_true", help="only print the tables from the result files")
+    parser.add_argument("--render", action="store_true", help="only write the section from the result files")
+    parser.add_argument("--results-file", default=str(ROOT / "docs" / "RESULTS.md"), help="file to put the section in")
     args = parser.parse_args()
     results = Path(args.results)
     if not args.render:
@@ -115,7 +147,9 @@ def main() -> int:
                 print(f"{name}: done before, skipped", flush=True)
                 continue
             run_one(name, flags, precision, results, Path(args.work))
-    print(render(results))
+    section = render(results)
+    update_results(Path(args.results_file), "training-speed", section)
+    print(section)
     return 0
 
 

@@ -18,6 +18,18 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--num-layers", "2", "--max-length", "32", "--epochs", "1", "--batch-size", "16"]
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip the tests marked ``gpu`` where torch sees no CUDA GPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if item.get_closest_marker("gpu"):
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A data cache shared by the session's tests (the real data is fetched into it once)."""

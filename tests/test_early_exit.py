@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from adaptive_exit import ExitOutputs, MultiExitModel, Signal, simulate_exits
 from adaptive_exit.backbones import HuggingFace
 from adaptive_exit.inference import early_exit_forward
+from adaptive_exit.precision import Precision
 from adaptive_exit.signals import Energy, Entropy, MaxProb
 
 
@@ -84,12 +85,15 @@ SIGNALS = {"entropy": Entropy, "maxprob": MaxProb, "energy": Energy, "agreement"
            "margin": Margin}
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("signal_name", SIGNALS)
-def test_early_exit_matches_simulation(model, batch, signal_name):
+def test_early_exit_matches_simulation(model, batch, signal_name, precision):
     kwargs = {"num_exits": model.num_exits, "hidden_size": model.encoder.hidden_size, "num_labels": 3}
     signal = SIGNALS[signal_name](**kwargs).eval()
+    runs_in = Precision(precision)
     with torch.no_grad():
-        full = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+        with runs_in.autocast():
+            full = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
         scores = signal.score(full)
     thresholds = signal.thresholds(scores.double(), 12)
     simulated = simulate_exits(scores, thresholds, signal.exit_when)
@@ -102,8 +106,10 @@ def test_early_exit_matches_simulation(model, batch, signal_name):
             for start in range(0, len(lengths), size):
                 rows = slice(start, start + size)
                 width = int(lengths[rows].max())
-                out = early_exit_forward(model, batch["input_ids"][rows, :width], batch["attention_mask"][rows, :width],
-                                         batch["token_type_ids"][rows, :width], signal, threshold)
+                with runs_in.autocast():
+                    out = early_exit_forward(model, batch["input_ids"][rows, :width],
+                                             batch["attention_mask"][rows, :width],
+                                             batch["token_type_ids"][rows, :width], signal, threshold)
                 expected = simulated[k, rows]
                 assert torch.equal(out.exit_index, expected), (threshold, size, start)
                 assert torch.equal(out.logits.argmax(-1), predictions[:, rows].gather(0, expected[None])[0])

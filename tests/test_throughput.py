@@ -13,7 +13,9 @@ from adaptive_exit.config import RunConfig
 from adaptive_exit.data import TrainBatches, make_loader
 from adaptive_exit.errors import UsageError
 from adaptive_exit.evaluation import collect_outputs, split_outputs
-from adaptive_exit.precision import Precision, cpu_has_native_bf16, resolve_precision
+from adaptive_exit.precision import Precision, cpu_has_native_bf16, default_device, resolve_precision
+
+CPU_ONLY = {"CUDA_VISIBLE_DEVICES": ""}
 from adaptive_exit.signals import Energy, Entropy, MaxProb
 from adaptive_exit.throughput import representative_batches
 from adaptive_exit.training import Trainable, make_optimizer, train_step
@@ -154,7 +156,7 @@ def test_split_outputs_are_in_the_split_order(tiny):
 
 
 def test_train_says_and_records_its_precision(trained_model):
-    expected = resolve_precision("auto", "cpu")
+    expected = resolve_precision("auto", default_device())
     config = json.loads((trained_model / "adaptive_exit.json").read_text())
     assert config["run"]["train"]["precision"] == expected
     assert config["run"]["train"]["group_by_length"] is True
@@ -174,7 +176,7 @@ def test_bf16_evaluation_is_within_a_point_of_fp32(cli, trained_model):
 
 
 def test_fp16_on_cpu_is_a_one_line_error(cli):
-    done = cli("train", "--precision", "fp16", "--no-track")
+    done = cli("train", "--precision", "fp16", "--no-track", extra_env=CPU_ONLY)
     assert done.returncode == 2
     assert done.stderr.strip() == "adaptive-exit: error: --precision fp16 needs a CUDA GPU; on a CPU use bf16 (or auto)"
 
@@ -182,7 +184,7 @@ def test_fp16_on_cpu_is_a_one_line_error(cli):
 def test_fp32_random_training_and_the_training_benchmark_run(cli):
     done = cli("train", "--num-layers", "1", "--max-length", "16", "--max-train-samples", "32", "--max-eval-samples",
                "16", "--batch-size", "16", "--precision", "fp32", "--no-group-by-length", "--no-track",
-               "--output-dir", "model")
+               "--output-dir", "model", extra_env=CPU_ONLY)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "training on cpu in fp32, batches random" in done.stderr
     done = cli("benchmark-train", "--num-layers", "1", "--max-length", "16", "--max-steps", "2", "--repeats", "2",
