@@ -47,8 +47,8 @@ def command(*args: str) -> list[str]:
     return [sys.executable, "-m", "adaptive_exit", *args]
 
 
-def run_one(name: str, flags: list[str], precision: str, results: Path, work: Path) -> None:
-    """Train, time, evaluate on test, and write ``<results>/<name>.json``."""
+def run_one(name: str, flags: list[str], precision: str, results: Path, work: Path, split: str = "test") -> None:
+    """Train, time, evaluate on ``split``, and write ``<results>/<name>.json``."""
     output_dir = work / name
     if output_dir.exists():
         subprocess.run(["rm", "-rf", str(output_dir)], check=True)
@@ -59,20 +59,20 @@ def run_one(name: str, flags: list[str], precision: str, results: Path, work: Pa
     if done.returncode != 0:
         raise SystemExit(f"{name}: train failed:\n{done.stderr[-3000:]}")
     setup = next((line for line in done.stderr.splitlines() if "training on" in line), "")
-    test = subprocess.run(command("evaluate", str(output_dir), "--split", "test", "--json", "--no-track",
+    test = subprocess.run(command("evaluate", str(output_dir), "--split", split, "--json", "--no-track",
                                   "--precision", precision), capture_output=True, text=True)
     if test.returncode != 0:
         raise SystemExit(f"{name}: evaluate failed:\n{test.stderr[-3000:]}")
     result = json.loads(test.stdout)
     commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True, cwd=ROOT)
     record = {"name": name, "train_flags": flags, "setup": setup.removeprefix("adaptive-exit: "),
-              "train_seconds": round(seconds, 1), "test_final_accuracy": result["per_exit_metric"][-1],
-              "test_auc": result["auc"], "test_per_exit_accuracy": result["per_exit_metric"],
-              "test_metric_at": result["metric_at"], "commit": commit.stdout.strip(),
+              "train_seconds": round(seconds, 1), f"{split}_final_accuracy": result["per_exit_metric"][-1],
+              f"{split}_auc": result["auc"], f"{split}_per_exit_accuracy": result["per_exit_metric"],
+              f"{split}_metric_at": result["metric_at"], "commit": commit.stdout.strip(),
               "date": time.strftime("%Y-%m-%d")}
     (results / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
-    print(f"{name}: {seconds:.0f} s, test accuracy {record['test_final_accuracy']:.4f}, AUC {record['test_auc']:.4f}",
-          flush=True)
+    print(f"{name}: {seconds:.0f} s, {split} accuracy {record[f'{split}_final_accuracy']:.4f}, "
+          f"AUC {record[f'{split}_auc']:.4f}", flush=True)
 
 
 def mean_std(values: list[float]) -> str:
@@ -112,10 +112,11 @@ def render(results: Path) -> str:
                   f"| default | {fast['setup']} | {fast['train_seconds']:.0f} s |",
                   f"| `--precision fp32 --no-group-by-length` | {slow['setup']} | {slow['train_seconds']:.0f} s |",
                   "", f"Speed-up of the whole command: **{slow['train_seconds'] / fast['train_seconds']:.2f}x**.", ""]
-    rows = []
+    rows, found_by = [], {}
     for variant, label in (("default", "default (bf16 where native, length-grouped)"),
                            ("fp32-random", "`--precision fp32 --no-group-by-length`")):
         found = [r for n, r in records.items() if n.startswith(f"quality-{variant}-seed")]
+        found_by[variant] = found
         if found:
             seeds = ", ".join(n.rsplit("seed", 1)[1] for n in records if n.startswith(f"quality-{variant}-seed"))
             rows.append(f"| {label} | {seeds} | {mean_std([r['test_final_accuracy'] for r in found])} | "
@@ -125,6 +126,17 @@ def render(results: Path) -> str:
         flags = next(r["train_flags"] for n, r in records.items() if n.startswith("quality-"))
         lines += [f"| uniform, entropy, {flags[flags.index('--epochs') + 1]} epochs | seeds | final-exit test accuracy | test AUC | wall time per run |",
                   "|---|---|---|---|---|", *rows, "", "Mean ± sample standard deviation over the seeds."]
+        fast, slow = found_by.get("default"), found_by.get("fp32-random")
+        if fast and slow and len(slow) > 1:
+            verdicts = []
+            for key, label in (("test_final_accuracy", "final-exit accuracy"), ("test_auc", "AUC")):
+                gap = statistics.mean(r[key] for r in fast) - statistics.mean(r[key] for r in slow)
+                spread = statistics.stdev(r[key] for r in slow)
+                verdict = ("better by more than one standard deviation" if gap > spread
+                           else "within one standard deviation" if -gap <= spread else "worse")
+                verdicts.append(f"{label} {gap:+.4f} ({verdict}; fp32 std {spread:.4f})")
+            lines += ["", "The fast default against fp32 with random batches, difference of the means: "
+                      + "; ".join(verdicts) + "."]
     return "\n".join(lines) + "\n"
 
 
