@@ -6,6 +6,7 @@ import contextlib
 import csv
 import io
 import json
+import re
 import subprocess
 import tempfile
 from pathlib import Path
@@ -22,6 +23,8 @@ from .config import flatten
 from .hookspecs import hookimpl
 
 RUN_ID = "mlflow_run_id"
+SHARES = "exit_shares"
+SHARE_KEY = re.compile(r"^(?P<group>.+)/exit_(?P<exit>\d+)$")
 
 
 def _client_and_run(run: Any) -> tuple[Any, str] | None:
@@ -120,6 +123,34 @@ def on_step_end(run: Any, step: int, logs: dict[str, float]) -> None:
     found = _client_and_run(run)
     if found:
         _log_metrics(*found, [(key, value, step) for key, value in logs.items() if key != "epoch"])
+        for key, value in logs.items():
+            match = SHARE_KEY.match(key)
+            if match:
+                group = run.state.setdefault(SHARES, {}).setdefault(match["group"], {})
+                group.setdefault(step, {})[int(match["exit"])] = value
+
+
+def plot_shares(name: str, shares: dict[int, dict[int, float]], path: Path) -> Path:
+    """Each exit's share over the training steps, as stacked areas (``name/exit_k`` step metrics)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = sorted(shares)
+    exits = sorted({k for values in shares.values() for k in values})
+    figure, axis = plt.subplots(figsize=(7, 4))
+    axis.stackplot(steps, [[shares[s].get(k, 0.0) for s in steps] for k in exits],
+                   labels=[f"exit {k}" for k in exits])
+    axis.set_xlabel("training step")
+    axis.set_ylabel("share")
+    axis.set_ylim(0, 1)
+    axis.set_title(f"{name}: each exit's share")
+    axis.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
 
 
 def _sweep_files(results: Any, directory: Path) -> list[Path]:
@@ -211,7 +242,8 @@ def on_run_end(run: Any, status: str, output_dir: str | None) -> None:
     import mlflow
 
     client, run_id = found
-    _log_written(client, run_id, lambda directory: [_write_config(run.config, directory / "config.yaml")])
+    _log_written(client, run_id, lambda directory: [_write_config(run.config, directory / "config.yaml")] + [
+        plot_shares(name, shares, directory / f"{name}.png") for name, shares in run.state.get(SHARES, {}).items()])
     if output_dir:
         client.set_tag(run_id, "adaptive_exit.output_dir", str(Path(output_dir).resolve()))
     if status == "FINISHED" and run.command == "train" and output_dir and run.config["tracking"]["log_model"]:

@@ -7,8 +7,8 @@ import torch
 
 from adaptive_exit import ExitOutputs, exit_cross_entropy, simulate_exits
 from adaptive_exit.signals import Entropy
-from adaptive_exit_cosee import (Cosee, CoseeOptions, beta_at, osc_loss, sample_weights, weight_matrix,
-                                 weighted_cross_entropy)
+from adaptive_exit_cosee import (Cosee, CoseeOptions, adjust_weights, beta_at, exit_shares, osc_loss,
+                                 sample_weights, thresholds_at_quantiles, weight_matrix, weighted_cross_entropy)
 
 
 def test_weight_matrix_at_beta_zero_is_uniform():
@@ -125,3 +125,65 @@ def test_no_swm_keeps_uniform_weights_at_any_step():
     weighting = Cosee(CoseeOptions(swm=False, osc=False), signal=signal, num_exits=3, total_steps=10)
     got = weighting.loss(ExitOutputs(logits, torch.zeros(3, 4, 1)), labels, step=10)
     assert float(got.total) == pytest.approx(float(exit_cross_entropy(logits, labels).mean()), rel=1e-6)
+
+
+def test_mixing_with_uniform_weights_floors_every_exit():
+    weights = torch.tensor([[0.9, 0.1], [0.5, 0.5]])
+    # (1 - 0.5) * w + 0.5 / 2: 0.45 + 0.25 = 0.7, 0.05 + 0.25 = 0.3
+    assert torch.allclose(adjust_weights(weights, 0.5, False), torch.tensor([[0.7, 0.3], [0.5, 0.5]]))
+    assert torch.equal(adjust_weights(weights, 0.0, False), weights)
+
+
+def test_per_exit_normalisation_gives_every_exit_mean_one_over_m():
+    weights = torch.tensor([[0.9, 0.1], [0.5, 0.5]])
+    # column means 0.7 and 0.3; each column divided by M * mean = 1.4 and 0.6
+    got = adjust_weights(weights, 0.0, True)
+    assert torch.allclose(got, torch.tensor([[0.9 / 1.4, 0.1 / 0.6], [0.5 / 1.4, 0.5 / 0.6]]))
+    assert got.mean(0).tolist() == pytest.approx([0.5, 0.5])
+
+
+def test_thresholds_at_quantiles_of_the_batch_signals():
+    scores = torch.tensor([[0.1, 0.3, float("nan")], [0.5, 0.2, 0.4]])
+    # finite values sorted: 0.1 0.2 0.3 0.4 0.5; quantile 0 -> 0.1, 0.5 -> 0.3, 0.25 -> 0.2, 1 -> 0.5
+    got = thresholds_at_quantiles(scores, torch.tensor([0.0, 0.5, 0.25, 1.0], dtype=torch.float64))
+    assert got.tolist() == pytest.approx([0.1, 0.3, 0.2, 0.5])
+
+
+def test_exit_shares_of_weight_and_simulated_exits():
+    weights = torch.tensor([[0.5, 0.25, 0.25], [0.0, 0.5, 0.5]])
+    exit_index = torch.tensor([[0, 2], [2, 2]])  # 2 thresholds x 2 samples: exit 1 once, exit 3 three times
+    got = exit_shares(weights, exit_index)
+    assert [got[f"cosee_weight/exit_{k}"] for k in (1, 2, 3)] == pytest.approx([0.25, 0.375, 0.375])
+    assert [got[f"cosee_exits/exit_{k}"] for k in (1, 2, 3)] == pytest.approx([0.25, 0.0, 0.75])
+
+
+def test_paper_preset_turns_every_departure_off():
+    paper = CoseeOptions(preset="paper")
+    assert (paper.mix, paper.per_exit_norm, paper.quantile_thresholds) == (0.0, False, False)
+    with pytest.raises(ValueError, match="drop --mix"):
+        CoseeOptions(preset="paper", mix=0.3)
+
+
+def test_cosee_logs_exit_shares_every_n_steps():
+    torch.manual_seed(3)
+    logits, labels = torch.randn(3, 4, 2), torch.tensor([0, 1, 0, 1])
+    signal = Entropy(num_exits=3, hidden_size=1, num_labels=2)
+    weighting = Cosee(CoseeOptions(log_every=5), signal=signal, num_exits=3, total_steps=10)
+    outputs = ExitOutputs(logits, torch.zeros(3, 4, 1))
+    logged = weighting.loss(outputs, labels, step=5).logs
+    assert sum(logged[f"cosee_weight/exit_{k}"] for k in (1, 2, 3)) == pytest.approx(1.0)
+    assert sum(logged[f"cosee_exits/exit_{k}"] for k in (1, 2, 3)) == pytest.approx(1.0)
+    assert "cosee_weight/exit_1" not in weighting.loss(outputs, labels, step=6).logs
+
+
+def test_exit_share_metrics_and_plot_in_mlflow(trained_model):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{trained_model.parent / 'mlflow.db'}")
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    for kind in ("weight", "exits"):
+        values = [run.data.metrics[f"cosee_{kind}/exit_{k}"] for k in (1, 2)]
+        assert sum(values) == pytest.approx(1.0)
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "cosee_weight/exit_1")] == [1]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"cosee_weight.png", "cosee_exits.png"} <= artifacts

@@ -6,25 +6,53 @@ Registers the weighting ``cosee``. Uses only the public ``adaptive_exit`` API.
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from adaptive_exit import ExitOutputs, Weighting, WeightingLoss, exit_cross_entropy, hookimpl, simulate_exits
 
 __version__ = "0.1.0"
 
 
+# the options that depart from the published method, with the value that turns each off
+DEPARTURES = {"mix": 0.0, "per_exit_norm": False, "quantile_thresholds": False}
+
+
 class CoseeOptions(BaseModel):
-    """COSEE's hyper-parameters (defaults: the authors' training script)."""
+    """COSEE's hyper-parameters (the paper's: the authors' training script; the departures: see the README)."""
 
     model_config = ConfigDict(extra="forbid")
+    preset: Literal["adaptive-exit", "paper"] = Field(
+        "adaptive-exit", description="paper: the published method exactly (--mix 0, no per-exit normalisation, "
+                                     "thresholds from the signal's range)")
     num_thresholds: int = Field(5, ge=1, description="K, thresholds drawn per training step")
     beta0: float = Field(10.0, ge=0, description="final sharpness of the sample weights (beta_t = beta0 * step / total)")
     alpha: float = Field(0.1, ge=0, description="weight of the online signal calibration loss")
     epsilon: float = Field(0.3, ge=0, description="margin between mean signals of wrong and correct samples")
     osc: bool = Field(True, description="use online signal calibration (--no-osc: the 'w/o OSC' ablation)")
     swm: bool = Field(True, description="use sample weighting (--no-swm: uniform weights, the 'w/o SWM' ablation)")
+    mix: float = Field(0.0, ge=0, le=1, description="weights (1 - mix)·COSEE + mix/M: every exit keeps at least "
+                                                    "mix/M of the weight (0: the paper)")
+    per_exit_norm: bool = Field(False, description="rescale each exit's weights to mean 1/M over the batch: every "
+                                                   "exit keeps its gradient scale, COSEE picks which samples it "
+                                                   "learns from (off: the paper)")
+    quantile_thresholds: bool = Field(False, description="draw each threshold at a random quantile of the batch's "
+                                                         "internal-exit signals, from the first step (off: the "
+                                                         "paper's range, [0, 1] in epoch 1)")
+    log_every: int = Field(10, ge=0, description="log each exit's share of the weight and of the simulated exits "
+                                                 "every N steps (0: never)")
+
+    @model_validator(mode="after")
+    def _paper_preset(self) -> "CoseeOptions":
+        if self.preset == "paper":
+            given = sorted(k for k in DEPARTURES if k in self.model_fields_set and getattr(self, k) != DEPARTURES[k])
+            if given:
+                raise ValueError(f"--preset paper is the published method; drop --{given[0].replace('_', '-')}")
+            for key, off in DEPARTURES.items():
+                setattr(self, key, off)
+        return self
 
 
 def beta_at(step: int, total_steps: int, beta0: float) -> float:
@@ -43,6 +71,36 @@ def sample_weights(scores: torch.Tensor, thresholds: torch.Tensor, exit_when: st
     exit_index = simulate_exits(scores, thresholds, exit_when)
     weights = weight_matrix(scores.shape[0], beta).to(device=scores.device, dtype=torch.float32)
     return weights[exit_index].mean(0)
+
+
+def thresholds_at_quantiles(scores: torch.Tensor, quantiles: torch.Tensor) -> torch.Tensor:
+    """The given quantiles (in [0, 1]) of the finite values of ``scores``, as thresholds (float64)."""
+    finite = scores[torch.isfinite(scores)].double()
+    if finite.numel() == 0:
+        return torch.full_like(quantiles, math.nan, dtype=torch.float64)
+    return torch.quantile(finite, quantiles.to(finite.device, torch.float64))
+
+
+def adjust_weights(weights: torch.Tensor, mix: float, per_exit_norm: bool) -> torch.Tensor:
+    """``[batch, M]`` weights mixed with uniform ones, ``(1 - mix)·w + mix/M``, then, with ``per_exit_norm``,
+    each exit's column rescaled to mean 1/M."""
+    num_exits = weights.shape[1]
+    weights = (1.0 - mix) * weights + mix / num_exits
+    if per_exit_norm:
+        weights = weights / (num_exits * weights.mean(0, keepdim=True).clamp(min=1e-12))
+    return weights
+
+
+def exit_shares(weights: torch.Tensor, exit_index: torch.Tensor | None) -> dict[str, float]:
+    """Each exit's share of the cross-entropy weight (``cosee_weight/exit_k``) and of the simulated exits
+    (``cosee_exits/exit_k``, from the ``[K, batch]`` exit indices, if any)."""
+    num_exits = weights.shape[1]
+    weight = weights.sum(0) / weights.sum()
+    shares = {f"cosee_weight/exit_{m + 1}": float(weight[m]) for m in range(num_exits)}
+    if exit_index is not None:
+        counts = torch.bincount(exit_index.flatten(), minlength=num_exits).double() / exit_index.numel()
+        shares.update({f"cosee_exits/exit_{m + 1}": float(counts[m]) for m in range(num_exits)})
+    return shares
 
 
 def weighted_cross_entropy(ce: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -89,18 +147,28 @@ class Cosee(Weighting):
             self._seen = [min(self._seen[0], float(finite.min())), max(self._seen[1], float(finite.max()))]
         ce = exit_cross_entropy(outputs.logits, labels)
         beta = beta_at(step, self.total_steps, opts.beta0)
+        thresholds = None
         if opts.swm:
-            low, high = self.threshold_range
-            thresholds = low + (high - low) * torch.rand(opts.num_thresholds, dtype=torch.float64)
-            weights = sample_weights(scores, thresholds.to(scores.device), self.signal.exit_when, beta)
+            draws = torch.rand(opts.num_thresholds, dtype=torch.float64)
+            if opts.quantile_thresholds:
+                thresholds = thresholds_at_quantiles(internal, draws)
+            else:
+                low, high = self.threshold_range
+                thresholds = (low + (high - low) * draws).to(scores.device)
+            weights = sample_weights(scores, thresholds, self.signal.exit_when, beta)
+            weights = adjust_weights(weights, opts.mix, opts.per_exit_norm)
         else:
             weights = torch.full((labels.shape[0], self.num_exits), 1.0 / self.num_exits, device=ce.device)
         ce_loss = weighted_cross_entropy(ce, weights)
         calibration = (osc_loss(scores, outputs.logits, labels, opts.epsilon, self.signal.exit_when)
                        if opts.osc else ce_loss.new_zeros(()))
         total = ce_loss + opts.alpha * calibration
-        return WeightingLoss(total, {"cosee_ce": float(ce_loss.detach()), "cosee_osc": float(calibration.detach()),
-                                     "beta_t": beta})
+        logs = {"cosee_ce": float(ce_loss.detach()), "cosee_osc": float(calibration.detach()), "beta_t": beta}
+        if opts.log_every and step % opts.log_every == 0:
+            simulated = None if thresholds is None else simulate_exits(scores.detach(), thresholds,
+                                                                        self.signal.exit_when)
+            logs.update(exit_shares(weights.detach(), simulated))
+        return WeightingLoss(total, logs)
 
     def end_epoch(self, epoch: int) -> None:
         low, high = self._seen

@@ -1,0 +1,89 @@
+"""COSEE's options against plain joint training at a small budget, chosen on validation.
+
+    python benchmarks/cosee_variants.py [--signals entropy,energy] [--seeds 1] [--variants NAME,...]
+    python benchmarks/cosee_variants.py --render     # the table from the result files alone
+
+Every variant is one `adaptive-exit train` on the first 2,000 movie-reviews training sentences for
+1 epoch (`--max-train-samples`, `--epochs` change that), evaluated on the validation split. Each
+finished run writes `<results>/<variant>-<signal>-seed<seed>.json` (skipped when it exists, so the
+runs resume), and the table (validation AUC, accuracy at 2x and 3x, per-exit accuracy; mean over
+the seeds found) is printed in markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from training_quality import ROOT, run_one  # noqa: E402  (benchmarks/ is not a package)
+
+VARIANTS = {
+    "uniform": ["--weighting", "uniform"],
+    "cosee-paper": ["--weighting", "cosee", "--preset", "paper"],
+    "cosee-mix0.3": ["--weighting", "cosee", "--mix", "0.3"],
+    "cosee-mix0.6": ["--weighting", "cosee", "--mix", "0.6"],
+    "cosee-per-exit-norm": ["--weighting", "cosee", "--per-exit-norm"],
+    "cosee-quantiles": ["--weighting", "cosee", "--quantile-thresholds"],
+    "cosee-quantiles-mix0.3": ["--weighting", "cosee", "--quantile-thresholds", "--mix", "0.3"],
+    "cosee-defaults": ["--weighting", "cosee"],
+}
+
+
+def render(results: Path) -> str:
+    """Mean validation numbers of each variant and signal over the seeds found, as a markdown table."""
+    groups: dict[str, list[dict]] = {}
+    for path in sorted(results.glob("*.json")):
+        groups.setdefault(path.stem.rsplit("-seed", 1)[0], []).append(json.loads(path.read_text()))
+    lines = ["| variant, signal | seeds | validation AUC | acc @2x | acc @3x | per-exit accuracy (exit 1 → L) |",
+             "|---|---|---|---|---|---|"]
+    for name, records in groups.items():
+        def mean(values: list[float | None]) -> str:
+            known = [v for v in values if v is not None]
+            return f"{statistics.mean(known):.4f}" if known else "n/a"
+
+        exits = zip(*[r["validation_per_exit_accuracy"] for r in records])
+        lines.append(f"| {name} | {len(records)} | {mean([r['validation_auc'] for r in records])} | "
+                     f"{mean([r['validation_metric_at']['2'] for r in records])} | "
+                     f"{mean([r['validation_metric_at']['3'] for r in records])} | "
+                     f"{' '.join(f'{statistics.mean(e):.3f}' for e in exits)} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    """Run the variants that have no result file yet, then print the table."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--signals", default="entropy", help="comma-separated signals (default: entropy)")
+    parser.add_argument("--seeds", default="1", help="comma-separated seeds (default: 1)")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of: {', '.join(VARIANTS)}")
+    parser.add_argument("--max-train-samples", default="2000", help="training sentences (default: 2000)")
+    parser.add_argument("--epochs", default="1", help="epochs (default: 1)")
+    parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "cosee-variants"),
+                        help="folder of the result files (default: benchmarks/results/cosee-variants)")
+    parser.add_argument("--work", default="outputs/cosee-variants", help="where the models go")
+    parser.add_argument("--render", action="store_true", help="only print the table from the result files")
+    args = parser.parse_args()
+    results = Path(args.results)
+    unknown = [v for v in args.variants.split(",") if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variant {unknown[0]!r}; choose from {', '.join(VARIANTS)}")
+    if not args.render:
+        results.mkdir(parents=True, exist_ok=True)
+        for seed in args.seeds.split(","):
+            for signal in args.signals.split(","):
+                for variant in args.variants.split(","):
+                    name = f"{variant}-{signal}-seed{seed}"
+                    if (results / f"{name}.json").exists():
+                        continue
+                    flags = [*VARIANTS[variant], "--signal", signal, "--seed", seed, "--epochs", args.epochs,
+                             "--max-train-samples", args.max_train_samples]
+                    run_one(name, flags, "auto", results, Path(args.work), split="validation")
+    print(render(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
