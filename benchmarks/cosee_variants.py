@@ -29,6 +29,11 @@ VARIANTS = {
     "cosee-per-exit-norm": ["--weighting", "cosee", "--per-exit-norm"],
     "cosee-quantiles": ["--weighting", "cosee", "--quantile-thresholds"],
     "cosee-quantiles-mix0.3": ["--weighting", "cosee", "--quantile-thresholds", "--mix", "0.3"],
+    "cosee-quantiles-mix0.6": ["--weighting", "cosee", "--quantile-thresholds", "--mix", "0.6"],
+    "cosee-quantiles-mix0.3-beta1": ["--weighting", "cosee", "--quantile-thresholds", "--mix", "0.3", "--beta0", "1"],
+    "cosee-quantiles-mix0.3-no-osc": ["--weighting", "cosee", "--quantile-thresholds", "--mix", "0.3", "--no-osc"],
+    "cosee-mix0.6-beta1": ["--weighting", "cosee", "--mix", "0.6", "--beta0", "1"],
+    "cosee-no-swm": ["--weighting", "cosee", "--no-swm"],
     "cosee-defaults": ["--weighting", "cosee"],
 }
 
