@@ -175,6 +175,8 @@ def test_lte_loss_falls_in_a_real_training(cli, tmp_path):
     history = [m.value for m in sorted(mlflow.MlflowClient().get_metric_history(run.info.run_id, "signal_loss"),
                                        key=lambda m: m.step)]
     assert len(history) == 40
-    first, last = sum(history[:8]) / 8, sum(history[-8:]) / 8
-    assert last < 0.96 * first, (first, last)  # measured: 0.251 -> 0.233
+    # epoch means: each epoch sees every sample once, while length-grouped batches make short windows of steps
+    # differ in length and difficulty
+    first, last = sum(history[:20]) / 20, sum(history[20:]) / 20
+    assert last < 0.96 * first, (first, last)  # measured: 0.251 -> 0.228
     assert (tmp_path / "model" / "signal.safetensors").is_file()
