@@ -34,6 +34,11 @@ VARIANTS = {
     "cosee-quantiles-mix0.3-no-osc": ["--weighting", "cosee", "--quantile-thresholds", "--mix", "0.3", "--no-osc"],
     "cosee-mix0.6-beta1": ["--weighting", "cosee", "--mix", "0.6", "--beta0", "1"],
     "cosee-no-swm": ["--weighting", "cosee", "--no-swm"],
+    "cosee-warmup0.5": ["--weighting", "cosee", "--warmup", "0.5"],
+    "cosee-distill1": ["--weighting", "cosee", "--distill", "1"],
+    "cosee-mix0.6-distill1": ["--weighting", "cosee", "--mix", "0.6", "--distill", "1"],
+    "cosee-warmup0.5-distill1": ["--weighting", "cosee", "--warmup", "0.5", "--distill", "1"],
+    "cosee-beta0.2": ["--weighting", "cosee", "--beta0", "0.2"],
     "cosee-defaults": ["--weighting", "cosee"],
 }
 

@@ -7,8 +7,8 @@ import torch
 
 from adaptive_exit import ExitOutputs, exit_cross_entropy, simulate_exits
 from adaptive_exit.signals import Entropy
-from adaptive_exit_cosee import (Cosee, CoseeOptions, adjust_weights, beta_at, exit_shares, osc_loss,
-                                 sample_weights, thresholds_at_quantiles, weight_matrix, weighted_cross_entropy)
+from adaptive_exit_cosee import (Cosee, CoseeOptions, adjust_weights, beta_at, distillation_loss, exit_shares,
+                                 osc_loss, sample_weights, thresholds_at_quantiles, weight_matrix, weighted_cross_entropy)
 
 
 def test_weight_matrix_at_beta_zero_is_uniform():
@@ -32,6 +32,26 @@ def test_beta_schedule_rises_linearly_from_zero():
     assert beta_at(0, 100, 10.0) == 0.0
     assert beta_at(25, 100, 10.0) == 2.5
     assert beta_at(100, 100, 10.0) == 10.0
+
+
+def test_beta_warmup_holds_zero_then_rises_to_beta0():
+    assert beta_at(25, 100, 10.0, warmup=0.5) == 0.0
+    assert beta_at(50, 100, 10.0, warmup=0.5) == 0.0
+    assert beta_at(75, 100, 10.0, warmup=0.5) == pytest.approx(5.0)
+    assert beta_at(100, 100, 10.0, warmup=0.5) == pytest.approx(10.0)
+
+
+def test_distillation_loss_weights_kl_by_the_deficit_below_uniform():
+    # exit 1 says (0.5, 0.5) for both samples, the final exit (0.75, 0.25):
+    # KL = 0.75 ln 1.5 + 0.25 ln 0.5 = 0.130812; sample 1's exit-1 weight 0.2 is 0.3 below 1/2, sample 2's is above
+    logits = torch.tensor([[[0.0, 0.0], [0.0, 0.0]],
+                           [[math.log(3.0), 0.0], [math.log(3.0), 0.0]]], requires_grad=True)
+    weights = torch.tensor([[0.2, 0.8], [0.7, 0.3]])
+    kl = 0.75 * math.log(1.5) + 0.25 * math.log(0.5)
+    loss = distillation_loss(logits, weights)
+    assert float(loss.detach()) == pytest.approx(0.3 * kl / 2, rel=1e-6)  # 0.0196218
+    loss.backward()
+    assert logits.grad[1].abs().sum() == 0  # the final exit is the teacher and gets no gradient
 
 
 # scores of 3 exits (rows) for 4 samples (columns); the last row is never consulted
@@ -159,9 +179,12 @@ def test_exit_shares_of_weight_and_simulated_exits():
 
 def test_paper_preset_turns_every_departure_off():
     paper = CoseeOptions(preset="paper")
-    assert (paper.mix, paper.per_exit_norm, paper.quantile_thresholds) == (0.0, False, False)
+    assert (paper.mix, paper.per_exit_norm, paper.quantile_thresholds, paper.warmup, paper.distill) == (
+        0.0, False, False, 0.0, 0.0)
     with pytest.raises(ValueError, match="drop --mix"):
         CoseeOptions(preset="paper", mix=0.3)
+    with pytest.raises(ValueError, match="drop --distill"):
+        CoseeOptions(preset="paper", distill=1.0)
 
 
 def test_cosee_logs_exit_shares_every_n_steps():

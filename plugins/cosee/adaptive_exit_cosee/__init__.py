@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 
 
 # the options that depart from the published method, with the value that turns each off
-DEPARTURES = {"mix": 0.0, "per_exit_norm": False, "quantile_thresholds": False}
+DEPARTURES = {"mix": 0.0, "per_exit_norm": False, "quantile_thresholds": False, "warmup": 0.0, "distill": 0.0}
 
 
 class CoseeOptions(BaseModel):
@@ -25,8 +25,8 @@ class CoseeOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     preset: Literal["adaptive-exit", "paper"] = Field(
-        "adaptive-exit", description="paper: the published method exactly (--mix 0, no per-exit normalisation, "
-                                     "thresholds from the signal's range)")
+        "adaptive-exit", description="paper: the published method exactly (every departure off: --mix 0, --warmup 0, "
+                                     "--distill 0, no per-exit normalisation, thresholds from the signal's range)")
     num_thresholds: int = Field(5, ge=1, description="K, thresholds drawn per training step")
     beta0: float = Field(10.0, ge=0, description="final sharpness of the sample weights (beta_t = beta0 * step / total)")
     alpha: float = Field(0.1, ge=0, description="weight of the online signal calibration loss")
@@ -41,6 +41,11 @@ class CoseeOptions(BaseModel):
     quantile_thresholds: bool = Field(False, description="draw each threshold at a random quantile of the batch's "
                                                          "internal-exit signals, from the first step (off: the "
                                                          "paper's range, [0, 1] in epoch 1)")
+    warmup: float = Field(0.0, ge=0, lt=1, description="share of the training steps with beta_t = 0 (uniform "
+                                                       "weights); beta_t then rises linearly to beta0 (0: the paper)")
+    distill: float = Field(0.0, ge=0, description="scale of a distillation loss from the final exit into each "
+                                                  "internal exit, per sample weighted by how far COSEE's weight "
+                                                  "fell below 1/M (0: the paper)")
     log_every: int = Field(10, ge=0, description="log each exit's share of the weight and of the simulated exits "
                                                  "every N steps (0: never)")
 
@@ -55,9 +60,11 @@ class CoseeOptions(BaseModel):
         return self
 
 
-def beta_at(step: int, total_steps: int, beta0: float) -> float:
-    """beta_t = beta0 · step / total_steps (Eq. 4): 0 at the first step, beta0 at the end."""
-    return beta0 * step / max(total_steps, 1)
+def beta_at(step: int, total_steps: int, beta0: float, warmup: float = 0.0) -> float:
+    """beta_t = beta0 · step / total_steps (Eq. 4): 0 at the first step, beta0 at the end; with ``warmup`` w,
+    0 for the first w of the steps, then rising linearly to beta0."""
+    progress = step / max(total_steps, 1)
+    return beta0 * max(0.0, progress - warmup) / (1.0 - warmup)
 
 
 def weight_matrix(num_exits: int, beta: float) -> torch.Tensor:
@@ -103,6 +110,18 @@ def exit_shares(weights: torch.Tensor, exit_index: torch.Tensor | None) -> dict[
     return shares
 
 
+def distillation_loss(logits: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """(1/N) Σ_n Σ_{m<M} max(0, 1/M - w_n^(m)) · KL(p_n^(M) ‖ p_n^(m)) for ``logits`` ``[M, batch, classes]`` and
+    ``weights`` ``[batch, M]``: each internal exit learns the final exit's (detached) distribution from the
+    samples whose cross-entropy weight COSEE lowered below uniform."""
+    num_exits = logits.shape[0]
+    teacher = torch.log_softmax(logits[-1].detach().float(), dim=-1)
+    students = torch.log_softmax(logits[:-1].float(), dim=-1)
+    kl = (teacher.exp() * (teacher - students)).sum(-1)
+    deficit = (1.0 / num_exits - weights[:, :-1].t()).clamp(min=0)
+    return (kl * deficit).sum(0).mean()
+
+
 def weighted_cross_entropy(ce: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """(1/N) Σ_n Σ_m w_n^(m) · CE_n^(m) for ``ce`` ``[M, batch]`` and ``weights`` ``[batch, M]`` (Eq. 2)."""
     return (ce * weights.t()).sum(0).mean()
@@ -146,7 +165,7 @@ class Cosee(Weighting):
         if finite.numel():
             self._seen = [min(self._seen[0], float(finite.min())), max(self._seen[1], float(finite.max()))]
         ce = exit_cross_entropy(outputs.logits, labels)
-        beta = beta_at(step, self.total_steps, opts.beta0)
+        beta = beta_at(step, self.total_steps, opts.beta0, opts.warmup)
         thresholds = None
         if opts.swm:
             draws = torch.rand(opts.num_thresholds, dtype=torch.float64)
@@ -164,6 +183,10 @@ class Cosee(Weighting):
                        if opts.osc else ce_loss.new_zeros(()))
         total = ce_loss + opts.alpha * calibration
         logs = {"cosee_ce": float(ce_loss.detach()), "cosee_osc": float(calibration.detach()), "beta_t": beta}
+        if opts.distill:
+            distillation = distillation_loss(outputs.logits, weights.detach())
+            total = total + opts.distill * distillation
+            logs["cosee_distill"] = float(distillation.detach())
         if opts.log_every and step % opts.log_every == 0:
             simulated = None if thresholds is None else simulate_exits(scores.detach(), thresholds,
                                                                         self.signal.exit_when)
