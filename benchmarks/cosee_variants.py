@@ -39,6 +39,8 @@ VARIANTS = {
     "cosee-mix0.6-distill1": ["--weighting", "cosee", "--mix", "0.6", "--distill", "1"],
     "cosee-warmup0.5-distill1": ["--weighting", "cosee", "--warmup", "0.5", "--distill", "1"],
     "cosee-beta0.2": ["--weighting", "cosee", "--beta0", "0.2"],
+    "cosee-distill2": ["--weighting", "cosee", "--distill", "2"],
+    "cosee-quantiles-distill1": ["--weighting", "cosee", "--quantile-thresholds", "--distill", "1"],
     "cosee-defaults": ["--weighting", "cosee"],
 }
 
