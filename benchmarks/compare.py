@@ -1,305 +1,583 @@
-"""COSEE against the classic baselines, trained and evaluated the same way, written to docs/RESULTS.md.
+"""COSEE against joint training and the classic baselines: resumable trainings, one result file each.
 
-Every method gets the same backbone, data, seed, training budget and one hyper-parameter configuration
-(its defaults). Each trains as a child run of one MLflow parent run, is swept on the validation split
-(where any choice is made) and on the test split (what the tables report), as the mean and sample
-standard deviation over the seeds. COSEE's beta0 grid is reported beside, as tuning rows that are not
-part of the equal-budget comparison.
+    python benchmarks/compare.py --dataset movie-reviews     # run what is missing, then write docs/RESULTS.md
+    python benchmarks/compare.py --dataset snli --plan       # list what is missing, with a time estimate
+    python benchmarks/compare.py --render-from benchmarks/results    # docs/RESULTS.md from the files alone
 
-    python benchmarks/compare.py --dataset movie-reviews --seeds 1,2,3
+Protocol (issue 10). Each method has at most three training configurations; each configuration trains
+with seed 1, the one with the best validation AUC is the method's choice, and only it trains with seeds
+2 and 3. A training is evaluated with every parameter-free signal (and with its own learned signal, if
+it has one) on the validation and the test split, from one all-exits pass per split, so a weighting is
+never confounded with the signal it happens to be read with. The signal of a row is chosen on
+validation too. Every finished training writes `<results>/<dataset>/<configuration>-seed<k>.json`
+(configuration, budget, timing, commit, per-exit accuracy, every signal's full validation and test
+curve, COSEE's per-exit weight shares); a training whose file exists is skipped, so the comparison
+can be completed over several sittings, and `--render-from` rebuilds the results from the files.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import re
-import shlex
+import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from adaptive_exit import ChildResult, Comparison, UsageError
-from adaptive_exit.cli import quiet_libraries
-from adaptive_exit.config import build_config
-from adaptive_exit.evaluation import SPEEDUP_MARKS, evaluate_model_dir
-from adaptive_exit.sweeps import SweepChild, parent_run, publish, train_children
-from adaptive_exit.training import resolve_options
-
 ROOT = Path(__file__).resolve().parents[1]
-JOINT = "joint training (entropy)"
+SPLITS = ("validation", "test")
+EVAL_SIGNALS = ("entropy", "maxprob", "energy", "patience", "patience-confidence", "static")
+JOINT = "joint training"
+COSEE_METHODS = ("COSEE (adaptive-exit)", "COSEE (paper)")
+BASELINES = ("PABEE", "DeeBERT", "BERxiT")
+
+
+@dataclass(frozen=True)
+class Config:
+    """One training configuration: a file-name key and the `adaptive-exit train` flags that make it."""
+
+    key: str
+    flags: tuple[str, ...]
 
 
 @dataclass(frozen=True)
 class Method:
-    """A weighting and a signal; ``reuse`` evaluates another method's trained model with this signal instead
-    of training (the same training, as the weighting does not read the signal); ``tuning`` marks rows
-    outside the equal-budget comparison."""
+    """A method and its candidate configurations (at most three, chosen between on validation)."""
 
     name: str
-    weighting: str
-    signal: str
-    weighting_options: dict[str, Any] = field(default_factory=dict)
-    signal_options: dict[str, Any] = field(default_factory=dict)
-    reuse: str | None = None
-    tuning: bool = False
+    configs: tuple[Config, ...]
 
 
 METHODS = (
-    Method("COSEE (energy)", "cosee", "energy"),
-    Method("COSEE (entropy)", "cosee", "entropy"),
-    Method("COSEE w/o OSC (energy)", "cosee", "energy", {"osc": False}),
-    Method("COSEE w/o SWM (energy)", "cosee", "energy", {"swm": False}),
-    Method("PABEE", "weighted-average", "patience"),
-    Method("DeeBERT", "two-stage", "entropy"),
-    Method("BERxiT", "alternating", "lte"),
-    Method("PCEE-BERT", "uniform", "patience-confidence", reuse=JOINT),
-    Method("static budget (BERT-kL)", "uniform", "static", reuse=JOINT),
-    Method(JOINT, "uniform", "entropy"),
-    Method("COSEE (energy) beta0=1", "cosee", "energy", {"beta0": 1.0}, tuning=True),
-    Method("COSEE (energy) beta0=0.2", "cosee", "energy", {"beta0": 0.2}, tuning=True),
+    Method(JOINT, (Config("uniform", ("--weighting", "uniform", "--signal", "entropy")),)),
+    Method("COSEE (adaptive-exit)", (
+        Config("cosee-mix0.6-energy", ("--weighting", "cosee", "--mix", "0.6", "--signal", "energy")),
+        Config("cosee-mix0.6-distill1-entropy",
+               ("--weighting", "cosee", "--mix", "0.6", "--distill", "1", "--signal", "entropy")),
+        Config("cosee-mix0.6-distill1-energy",
+               ("--weighting", "cosee", "--mix", "0.6", "--distill", "1", "--signal", "energy")),
+    )),
+    Method("COSEE (paper)", (
+        Config("cosee-paper-energy", ("--weighting", "cosee", "--preset", "paper", "--signal", "energy")),
+        Config("cosee-paper-entropy", ("--weighting", "cosee", "--preset", "paper", "--signal", "entropy")),
+    )),
+    Method("PABEE", (Config("weighted-average", ("--weighting", "weighted-average", "--signal", "patience")),)),
+    Method("DeeBERT", (Config("two-stage", ("--weighting", "two-stage", "--signal", "entropy")),)),
+    Method("BERxiT", (Config("alternating-lte", ("--weighting", "alternating", "--signal", "lte")),)),
 )
 
 
-def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", text).strip("_")
+@dataclass(frozen=True)
+class Budget:
+    """What every training of a dataset gets; ``baselines`` False keeps only the core methods (joint training,
+    both COSEE methods) plus the baseline that did best on movie-reviews' validation split."""
+
+    epochs: int
+    max_train_samples: int | None
+    baselines: bool = True
+
+    def flags(self) -> list[str]:
+        flags = ["--epochs", str(self.epochs)]
+        return flags + (["--max-train-samples", str(self.max_train_samples)] if self.max_train_samples else [])
+
+    def describe(self) -> str:
+        samples = "the full training split" if self.max_train_samples is None else \
+            f"the first {self.max_train_samples:,} training samples"
+        return f"{samples}, {self.epochs} epochs"
 
 
-def child_config(method: Method, seed: int, args: argparse.Namespace, output_dir: Path, experiment: str) -> Any:
-    """The training config of one method and seed."""
-    data = {"dataset": args.dataset, "max_train_samples": args.max_train_samples, "eval_split": "validation",
-            "max_length": args.max_length}
-    if args.max_eval_samples:
-        data["max_eval_samples"] = args.max_eval_samples
-    values = {
-        "model": {"num_layers": args.num_layers},
-        "data": data,
-        "train": {"epochs": args.epochs, "seed": seed, "batch_size": args.batch_size},
-        "signal": {"name": method.signal, "options": method.signal_options},
-        "weighting": {"name": method.weighting, "options": method.weighting_options},
-        "tracking": {"enabled": not args.no_track, "experiment": experiment, "log_model": False},
-        "output_dir": str(output_dir / slug(f"{method.name} seed={seed}")),
-    }
-    return resolve_options(build_config(values))
+BUDGETS = {"movie-reviews": Budget(3, None), "snli": Budget(2, 10_000, baselines=False)}
 
 
-def evaluate(child: ChildResult, method: Method, split: str, args: argparse.Namespace, parent: Any) -> ChildResult:
-    """Sweep a trained child's model on ``split`` with ``method``'s signal, as a child run of ``parent``."""
-    name = f"{method.name} seed={child.seed}"
-    result = evaluate_model_dir(child.output_dir, signal=method.signal, signal_options=method.signal_options,
-                                split=split, max_samples=args.max_eval_samples, track=not args.no_track,
-                                parent=parent, run_name=f"{name} {split}")
-    return ChildResult(name, method.name, child.seed, result, child.output_dir)
+@dataclass(frozen=True)
+class Training:
+    """One configuration of one method with one seed; its result file is ``<dataset>/<key>-seed<seed>.json``."""
+
+    method: Method
+    config: Config
+    seed: int
+
+    @property
+    def stem(self) -> str:
+        return f"{self.config.key}-seed{self.seed}"
 
 
-def ordered(comparison: Comparison) -> Comparison:
-    """The comparison with its children in the order of ``METHODS``, then seed."""
-    rank = {m.name: i for i, m in enumerate(METHODS)}
-    comparison.children.sort(key=lambda c: (rank[c.group], c.seed))
-    return comparison
+# ---------------------------------------------------------------------------------------------------------
+# reading the result files and making the choices
 
 
-def cell(mean: float | None, spread: float | None) -> str:
-    return "n/a" if mean is None else f"{mean:.4f} ± {spread:.4f}"
+def load_records(results: Path, dataset: str) -> dict[str, dict[str, Any]]:
+    """Every result file of a dataset, by file stem."""
+    folder = results / dataset
+    return {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))} if folder.is_dir() else {}
 
 
-def results_section(args: argparse.Namespace, test: Comparison, validation: Comparison, minutes: float | None,
-                    commit: str, figure: str) -> str:
-    """The Markdown section for one dataset: command, machine, budget, table, plot and plain findings."""
-    name = test.metric_name
-    marks = [f"{m:g}" for m in SPEEDUP_MARKS]
-    rows = {row["configuration"]: row for row in test.rows()}
-    valid = {row["configuration"]: row for row in validation.rows()}
-    num_exits = len(test.children[0].result.per_exit_metric)
-    argv = sys.argv[1:]
-    if "--render-from" in argv:
-        at = argv.index("--render-from")
-        argv = argv[:at] + argv[at + 2:]
-    command = "python benchmarks/compare.py " + shlex.join(argv)
-    took = "" if minutes is None else f" in {minutes:.0f} minutes"
-    lines = [
-        f"## {args.dataset}",
-        "",
-        f"Produced by `{command}` on {datetime.date.today().isoformat()} at commit `{commit}`{took}, "
-        f"on {platform.machine()} with {os.cpu_count()} CPU cores, "
-        f"torch {torch.__version__} ({torch.get_num_threads()} threads), no GPU.",
-        "",
-        f"Budget, the same for every method: MiniLM-L6 ({num_exits} of its 6 layers), "
-        f"{'all' if args.max_train_samples is None else f'the first {args.max_train_samples:,}'} training samples, "
-        f"{args.epochs} epoch(s), batch size {args.batch_size}, max length {args.max_length}, the engine's default "
-        f"learning rates, seeds {', '.join(map(str, args.seeds))}; one configuration per method (its defaults). "
-        f"Test split{'' if not args.max_eval_samples else f' (first {args.max_eval_samples:,})'}, mean ± sample "
-        f"standard deviation over the seeds. The validation AUC is where a choice would be made.",
-        "",
-        f"| method | test AUC | {' | '.join(f'{name} @{m}x' for m in marks)} | exit 1 {name} | validation AUC |",
-        "|---|---|" + "---|" * len(marks) + "---|---|",
-    ]
-    for method in METHODS:
-        row = rows.get(method.name)
-        if row is None:
-            continue
-        label = f"{method.name} *(tuning row)*" if method.tuning else method.name
-        cells = [cell(row["auc_mean"], row["auc_std"])]
-        cells += [cell(row[f"{name}_at_{m}x_mean"], row[f"{name}_at_{m}x_std"]) for m in marks]
-        cells.append(f"{row[f'exit_1_{name}_mean']:.4f}")
-        cells.append(cell(valid[method.name]["auc_mean"], valid[method.name]["auc_std"]))
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    full = rows[JOINT][f"exit_{num_exits}_{name}_mean"]
-    lines += [
-        "",
-        f"Full model (the joint-training model's last exit, 1x): test {name} {full:.4f}.",
-        "",
-        f"AUC is the mean {name} over the layer speed-ups a method's curve spans (area divided by span): 1x..{num_exits}x "
-        f"for most, but PCEE-BERT cannot leave before its window of exits is full, so its curve stops earlier and its "
-        f"AUC averages only that easier range; compare methods at the marked speed-ups. `n/a` where a curve does not "
-        f"reach that speed-up. PCEE-BERT and the static budget are the "
-        f"joint-training model read with their signals (their training is the same). The tuning rows are "
-        f"COSEE with smaller beta0; they had more configurations than the others, so they are not part of the "
-        f"equal-budget ranking.",
-        "",
-        f"![{name} against layer speed-up on {args.dataset}]({figure})",
-        "",
-        f"Findings, from the test {name} at 2x layer speed-up above:",
-        "",
-    ]
-    lines += findings(rows, name)
-    return "\n".join(lines) + "\n"
+def spans_all(evaluation: dict[str, Any], num_exits: int) -> bool:
+    """Whether a curve covers the whole speed-up range 1x..Lx (a signal that cannot leave before a window of
+    exits is full, say, covers only an easier part, and its AUC is not comparable)."""
+    speedups = evaluation["curve"]["speedup"]
+    return min(speedups) <= 1.01 and max(speedups) >= num_exits - 0.01
 
 
-def findings(rows: dict[str, dict[str, Any]], metric: str) -> list[str]:
-    """Plain statements of where each COSEE variant is above or below each baseline, by the test metric at 2x
-    layer speed-up (a point every method reaches; AUCs over different spans are not comparable)."""
-    key = f"{metric}_at_2x_mean"
-    baselines = [m.name for m in METHODS if not m.name.startswith("COSEE") and rows.get(m.name, {}).get(key)]
+def mean(values: list[float]) -> float:
+    return statistics.mean(values)
+
+
+def std(values: list[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def seeds_of(records: dict[str, dict[str, Any]], key: str) -> list[dict[str, Any]]:
+    """The records of one configuration, by seed."""
+    found = [r for r in records.values() if r["config"] == key]
+    return sorted(found, key=lambda r: r["seed"])
+
+
+def best_signal(runs: list[dict[str, Any]]) -> str:
+    """The signal with the highest mean validation AUC over the runs, among those whose curves span 1x..Lx."""
+    num_exits = len(runs[0]["per_exit_accuracy"]["validation"])
+    eligible = [s for s in runs[0]["evaluations"]["validation"]
+                if all(spans_all(r["evaluations"]["validation"][s], num_exits) for r in runs)]
+    return max(eligible, key=lambda s: mean([r["evaluations"]["validation"][s]["auc"] for r in runs]))
+
+
+def validation_auc(runs: list[dict[str, Any]]) -> float:
+    """The configuration's validation AUC with its best signal (mean over the runs)."""
+    signal = best_signal(runs)
+    return mean([r["evaluations"]["validation"][signal]["auc"] for r in runs])
+
+
+def chosen_config(method: Method, records: dict[str, dict[str, Any]]) -> Config | None:
+    """The method's configuration with the best seed-1 validation AUC, once every candidate has its seed-1 file."""
+    firsts = {c.key: [r for r in seeds_of(records, c.key) if r["seed"] == 1] for c in method.configs}
+    if not all(firsts.values()):
+        return None
+    return max(method.configs, key=lambda c: validation_auc(firsts[c.key]))
+
+
+def best_baseline(records: dict[str, dict[str, Any]]) -> Method | None:
+    """The baseline with the best validation AUC (its chosen configuration, mean over its seeds), once known."""
+    scored = []
+    for method in (m for m in METHODS if m.name in BASELINES):
+        config = chosen_config(method, records)
+        if config is None:
+            return None
+        scored.append((validation_auc(seeds_of(records, config.key)), method))
+    return max(scored, key=lambda pair: pair[0])[1]
+
+
+def methods_for(dataset: str, results: Path) -> list[Method]:
+    """The methods a dataset's comparison carries (see ``Budget.baselines``)."""
+    if BUDGETS[dataset].baselines:
+        return list(METHODS)
+    core = [m for m in METHODS if m.name == JOINT or m.name in COSEE_METHODS]
+    extra = best_baseline(load_records(results, "movie-reviews"))
+    return core + ([extra] if extra else [])
+
+
+def planned(dataset: str, results: Path, seeds: tuple[int, ...] = (1, 2, 3)) -> list[Training]:
+    """Every training the comparison needs that can be named now, method by method: each configuration with
+    seed 1, then the chosen configuration with the other seeds (known once the method's seed-1 runs are done)."""
+    records = load_records(results, dataset)
+    runs = []
+    for method in methods_for(dataset, results):
+        runs += [Training(method, c, seeds[0]) for c in method.configs]
+        config = chosen_config(method, records)
+        if config is not None:
+            runs += [Training(method, config, seed) for seed in seeds[1:]]
+    return runs
+
+
+def missing(dataset: str, results: Path) -> list[Training]:
+    """The planned trainings without a result file."""
+    return [t for t in planned(dataset, results) if not (results / dataset / f"{t.stem}.json").exists()]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# running one training
+
+
+def command(*args: str) -> list[str]:
+    """``adaptive-exit ARGS`` as a subprocess command line of this Python."""
+    return [sys.executable, "-m", "adaptive_exit", *args]
+
+
+def compact(result: Any) -> dict[str, Any]:
+    """An evaluation result with its curve as columns (threshold, speed-up, metric), rounded."""
+    return {"auc": result.auc, "metric_at": result.metric_at, "curve": {
+        "threshold": [round(p.threshold, 6) for p in result.curve],
+        "speedup": [round(p.speedup, 5) for p in result.curve],
+        "metric": [round(p.metric, 5) for p in result.curve]}}
+
+
+def evaluate_every_signal(model_dir: Path) -> tuple[dict[str, Any], dict[str, list[float]], float]:
+    """Every signal's sweep on validation and test (one all-exits pass per split), the per-exit accuracy
+    of each split, and the seconds it took."""
+    import torch
+
+    from adaptive_exit.config import DataConfig
+    from adaptive_exit.data import load_task, tokenize
+    from adaptive_exit.evaluation import split_outputs, sweep
+    from adaptive_exit.model import MultiExitModel, load_signal_weights
+    from adaptive_exit.plugins import create
+    from adaptive_exit.precision import Precision, default_device
+
+    start = time.perf_counter()
+    model = MultiExitModel.from_pretrained(model_dir)
+    trained = model.config
+    device = default_device()
+    model.to(device)
+    names = list(EVAL_SIGNALS) + [s for s in [trained["signal"]["name"]] if s not in EVAL_SIGNALS]
+    evaluations: dict[str, Any] = {}
+    per_exit: dict[str, list[float]] = {}
+    data = DataConfig.model_validate({**trained["run"]["data"], "max_eval_samples": None})
+    task = load_task(data)
+    tokenized = tokenize(task, model.tokenizer, data.max_length, SPLITS)
+    for split in SPLITS:
+        outputs, labels = split_outputs(model, tokenized[split], 64, device, Precision("auto", device))
+        evaluations[split] = {}
+        for name in names:
+            own = name == trained["signal"]["name"]
+            signal = create("signals", name, trained["signal"]["options"] if own else {},
+                            num_exits=model.num_exits, hidden_size=model.encoder.hidden_size,
+                            num_labels=trained["num_labels"])
+            if own:
+                load_signal_weights(signal, model_dir)
+            with torch.no_grad():
+                result = sweep(outputs, labels, signal.to(device).eval(), task.metric)
+            evaluations[split][name] = compact(result)
+            per_exit[split] = result.per_exit_metric
+    return evaluations, per_exit, time.perf_counter() - start
+
+
+def weight_shares(tracking_uri: str, experiment: str, model_dir: Path) -> dict[str, list[float]]:
+    """COSEE's logged per-exit weight shares of the training that wrote ``model_dir`` (empty for others)."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri)
+    found = client.search_experiments(filter_string=f"name = '{experiment}'")
+    runs = client.search_runs([found[0].experiment_id],
+                              f"tags.`adaptive_exit.output_dir` = '{model_dir.resolve()}'") if found else []
+    if not runs:
+        return {}
+    keys = sorted(k for k in runs[0].data.metrics if k.startswith("cosee_weight/"))
+    shares: dict[str, list[float]] = {}
+    for key in keys:
+        history = sorted(client.get_metric_history(runs[0].info.run_id, key), key=lambda m: m.step)
+        shares["step"] = [m.step for m in history]
+        shares[key.split("/", 1)[1]] = [round(m.value, 5) for m in history]
+    return shares
+
+
+def run_training(training: Training, dataset: str, results: Path, work: Path) -> dict[str, Any]:
+    """Train, evaluate with every signal, and write the training's result file."""
+    budget = BUDGETS[dataset]
+    model_dir = work / dataset / training.stem
+    subprocess.run(["rm", "-rf", str(model_dir)], check=True)
+    work.mkdir(parents=True, exist_ok=True)
+    settings = work / "tracking.yaml"
+    settings.write_text("tracking:\n  log_model: false\n")
+    tracking_uri = f"sqlite:///{(work / 'mlflow.db').resolve()}"
+    experiment = f"compare-{dataset}"
+    flags = [*training.config.flags, "--dataset", dataset, *budget.flags(), "--seed", str(training.seed)]
+    start = time.perf_counter()
+    done = subprocess.run(command("train", "--config", str(settings), *flags, "--experiment", experiment,
+                                  "--output-dir", str(model_dir)),
+                          capture_output=True, text=True, env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri})
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"compare: {training.stem}: train failed:\n{done.stderr[-3000:]}")
+    evaluations, per_exit, eval_seconds = evaluate_every_signal(model_dir)
+    commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True, cwd=ROOT)
+    setup = next((line for line in done.stderr.splitlines() if "training on" in line), "")
+    record = {"dataset": dataset, "method": training.method.name, "config": training.config.key,
+              "train_flags": flags, "seed": training.seed,
+              "budget": {"epochs": budget.epochs, "max_train_samples": budget.max_train_samples},
+              "setup": setup.removeprefix("adaptive-exit: "), "train_seconds": round(seconds, 1),
+              "eval_seconds": round(eval_seconds, 1), "commit": commit.stdout.strip(),
+              "date": datetime.date.today().isoformat(), "machine": machine(), "per_exit_accuracy": per_exit,
+              "weight_shares": weight_shares(tracking_uri, experiment, model_dir), "evaluations": evaluations}
+    (results / dataset).mkdir(parents=True, exist_ok=True)
+    (results / dataset / f"{training.stem}.json").write_text(json.dumps(record) + "\n")
+    return record
+
+
+def machine() -> str:
+    """The machine in words: architecture, cores, torch and its threads, accelerator."""
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__} "
+            f"({torch.get_num_threads()} threads), {gpu}")
+
+
+def estimate_minutes(records: dict[str, dict[str, Any]], count: int) -> float | None:
+    """Minutes for ``count`` more trainings at the mean duration of the finished ones."""
+    if not records:
+        return None
+    return count * mean([r["train_seconds"] + r["eval_seconds"] for r in records.values()]) / 60
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the results section
+
+
+def cell(values: list[float | None]) -> str:
+    """'mean ± sample std' of the values, 'n/a' where a curve did not reach the mark."""
+    if not values or any(v is None for v in values):
+        return "n/a"
+    return f"{mean(values):.4f} ± {std(values):.4f}"
+
+
+def rows(dataset: str, results: Path) -> list[dict[str, Any]]:
+    """One row per method with its chosen configuration and signal: the test numbers over its seeds."""
+    records = load_records(results, dataset)
     out = []
-    for method in METHODS:
-        if not method.name.startswith("COSEE") or method.name not in rows:
+    for method in methods_for(dataset, results):
+        config = chosen_config(method, records)
+        if config is None:
             continue
-        value = rows[method.name][key]
-        above = [f"{b} ({rows[b][key]:.4f})" for b in baselines if rows[b][key] > value]
-        below = [b for b in baselines if rows[b][key] <= value]
-        text = f"- **{method.name}** ({metric} at 2x {value:.4f})"
-        text += f" is behind {', '.join(above)}" if above else " is behind none of the baselines"
-        text += f"; ahead of {', '.join(below)}." if below else "; ahead of none."
-        out.append(text)
+        runs = seeds_of(records, config.key)
+        signal = best_signal(runs)
+        test = [r["evaluations"]["test"][signal] for r in runs]
+        out.append({"method": method.name, "config": config.key, "signal": signal, "runs": runs,
+                    "seeds": [r["seed"] for r in runs], "auc": [t["auc"] for t in test],
+                    "at": {m: [t["metric_at"][m] for t in test] for m in test[0]["metric_at"]},
+                    "validation_auc": [r["evaluations"]["validation"][signal]["auc"] for r in runs],
+                    "per_exit": [r["per_exit_accuracy"]["test"] for r in runs]})
     return out
 
 
-def update_results(path: Path, dataset: str, section: str) -> None:
-    """Put the dataset's section into the results file, replacing an earlier one."""
-    begin, end = f"<!-- compare:{dataset} -->", f"<!-- /compare:{dataset} -->"
-    text = path.read_text() if path.exists() else (
-        "# Results: COSEE and the baselines on the same runs\n\n"
-        "Written by `benchmarks/compare.py`; each section says the command that produced it.\n")
-    block = f"{begin}\n{section}{end}"
-    if begin in text:
-        text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
+def verdict(rows_: list[dict[str, Any]]) -> list[str]:
+    """Whether the better COSEE method (by validation) beats joint training on test, as the issue asks:
+    in AUC and at 2x and 3x, by more than the larger of the two standard deviations."""
+    joint = next((r for r in rows_ if r["method"] == JOINT), None)
+    cosee = [r for r in rows_ if r["method"] in COSEE_METHODS]
+    if joint is None or not cosee:
+        return []
+    best = max(cosee, key=lambda r: mean(r["validation_auc"]))
+    if len(best["seeds"]) < 3 or len(joint["seeds"]) < 3:
+        return [f"- Not decided yet: {best['method']} ({best['config']}) has seeds {best['seeds']}, "
+                f"joint training {joint['seeds']}; the verdict needs 3 seeds of each."]
+    lines, wins = [], 0
+    for label, a, b in (("AUC", best["auc"], joint["auc"]), ("accuracy at 2x", best["at"]["2"], joint["at"]["2"]),
+                        ("accuracy at 3x", best["at"]["3"], joint["at"]["3"])):
+        if None in a or None in b:
+            lines.append(f"  - {label}: n/a (a curve does not reach it)")
+            continue
+        gap, spread = mean(a) - mean(b), max(std(a), std(b))
+        wins += gap > spread
+        word = "ahead by more than" if gap > spread else "behind by more than" if -gap > spread else "within"
+        lines.append(f"  - {label}: {mean(a):.4f} against {mean(b):.4f}, {gap:+.4f}: {word} the larger "
+                     f"standard deviation ({spread:.4f})")
+    head = (f"- **{best['method']}** (`{best['config']}`, read with {best['signal']}), the better COSEE method on "
+            f"validation, against **joint training** (read with {joint['signal']}), test, mean of seeds 1-3: "
+            + ("it beats joint training on all three counts." if wins == 3 else
+               f"it does not beat joint training ({wins} of 3 counts ahead by more than a standard deviation)."))
+    return [head, *lines]
+
+
+def matrix(dataset: str, results: Path) -> list[str]:
+    """Every configuration against every signal: validation AUC of seed 1 (where choices are made) and mean
+    test AUC over the seeds found; † marks curves that do not span 1x..Lx (not eligible to be chosen)."""
+    records = load_records(results, dataset)
+    configs = [c for m in methods_for(dataset, results) for c in m.configs if seeds_of(records, c.key)]
+    if not configs:
+        return []
+    signals = list(seeds_of(records, configs[0].key)[0]["evaluations"]["test"])
+    lines = ["| configuration | seeds | " + " | ".join(signals) + " |", "|---|---|" + "---|" * len(signals)]
+    for config in configs:
+        runs = seeds_of(records, config.key)
+        first = runs[0]
+        num_exits = len(first["per_exit_accuracy"]["test"])
+        chosen = best_signal(runs)
+        cells = []
+        for signal in signals:
+            if signal not in first["evaluations"]["test"]:
+                cells.append("")
+                continue
+            val = first["evaluations"]["validation"][signal]
+            test = mean([r["evaluations"]["test"][signal]["auc"] for r in runs])
+            text = f"{val['auc']:.3f} / {test:.3f}" + ("" if spans_all(val, num_exits) else " †")
+            cells.append(f"**{text}**" if signal == chosen else text)
+        lines.append(f"| `{config.key}` | {','.join(str(r['seed']) for r in runs)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def plot_curves(rows_: list[dict[str, Any]], dataset: str, path: Path) -> None:
+    """The chosen rows' test curves, mean over seeds with the band between lowest and highest seed."""
+    from adaptive_exit import ChildResult, Comparison, CurvePoint, EvaluationResult
+
+    comparison = Comparison("accuracy", title=f"{dataset}: test accuracy against layer speed-up")
+    for row in rows_:
+        for run in row["runs"]:
+            evaluation = run["evaluations"]["test"][row["signal"]]
+            curve = [CurvePoint(t, s, m, []) for t, s, m in zip(*evaluation["curve"].values())]
+            result = EvaluationResult(row["signal"], "accuracy", 0, curve, run["per_exit_accuracy"]["test"],
+                                      evaluation["auc"], evaluation["metric_at"])
+            comparison.children.append(ChildResult(run["config"], f"{row['method']} ({row['signal']})",
+                                                   run["seed"], result))
+    comparison.plot(path)
+
+
+def plot_weight_shares(records: list[dict[str, Any]], path: Path) -> bool:
+    """Each COSEE training's per-exit share of the cross-entropy weight over training (seed 1), side by side."""
+    shown = [r for r in records if r["weight_shares"]]
+    if not shown:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(shown), figsize=(4 * len(shown), 3.4), sharey=True, squeeze=False)
+    for axis, record in zip(axes[0], shown):
+        shares = record["weight_shares"]
+        exits = sorted((k for k in shares if k != "step"), key=lambda k: int(k.split("_")[1]))
+        axis.stackplot(shares["step"], *[shares[k] for k in exits], labels=[k.replace("_", " ") for k in exits])
+        axis.set_title(record["config"], fontsize=8)
+        axis.set_xlabel("step")
+        axis.set_ylim(0, 1)
+    axes[0][0].set_ylabel("share of the cross-entropy weight")
+    axes[0][-1].legend(fontsize=6, loc="upper left", bbox_to_anchor=(1, 1))
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return True
+
+
+def section(dataset: str, results: Path, figures: Path) -> str:
+    """The dataset's section of docs/RESULTS.md, from its result files alone (figures written to ``figures``)."""
+    records = load_records(results, dataset)
+    budget = BUDGETS[dataset]
+    left = missing(dataset, results)
+    table = rows(dataset, results)
+    lines = [f"## {dataset}", ""]
+    if not records:
+        return "\n".join(lines + ["No training has finished yet.", ""])
+    commits = ", ".join(sorted({f"`{r['commit']}`" for r in records.values()}))
+    dates = ", ".join(sorted({r["date"] for r in records.values()}))
+    hours = sum(r["train_seconds"] + r["eval_seconds"] for r in records.values()) / 3600
+    first = next(iter(records.values()))
+    lines += [
+        f"`python benchmarks/compare.py --dataset {dataset}` on {dates} at commit(s) {commits}; "
+        f"{first['machine']}; {len(records)} trainings, {hours:.1f} hours. Budget for every training: MiniLM-L6, "
+        f"{budget.describe()}, batch size 32, max length 64, the engine's defaults otherwise. "
+        f"Result files: `benchmarks/results/{dataset}/`.",
+        "",
+    ]
+    if left:
+        undecided = any(chosen_config(m, records) is None for m in methods_for(dataset, results))
+        more = " (then seeds 2 and 3 of the methods still choosing a configuration)" if undecided else ""
+        lines += [f"**Incomplete:** {len(left)} of the trainings named so far have no result yet{more}: "
+                  + ", ".join(f"`{t.stem}`" for t in left) + ". Rows with fewer than 3 seeds are not final.", ""]
+    lines += ["Each method's configuration and the signal it is read with are chosen on validation (seed 1 for "
+              "the configuration, the mean over seeds for the signal, among signals whose curves span 1x..Lx). "
+              "Test numbers: mean ± sample standard deviation over the seeds.", "",
+              "| method | configuration | signal | seeds | test AUC | acc @1.5x | acc @2x | acc @3x | acc @4x "
+              "| validation AUC |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for row in table:
+        lines.append(f"| {row['method']} | `{row['config']}` | {row['signal']} | "
+                     f"{','.join(map(str, row['seeds']))} | {cell(row['auc'])} | "
+                     + " | ".join(cell(row["at"][m]) for m in ("1.5", "2", "3", "4"))
+                     + f" | {cell(row['validation_auc'])} |")
+    if table:
+        num_exits = len(table[0]["per_exit"][0])
+        lines += ["", "Per-exit test accuracy of the chosen configurations (mean over seeds):", "",
+                  "| method | " + " | ".join(f"exit {k + 1}" for k in range(num_exits)) + " |",
+                  "|---|" + "---|" * num_exits]
+        for row in table:
+            lines.append(f"| {row['method']} | " + " | ".join(
+                f"{mean([p[k] for p in row['per_exit']]):.4f}" for k in range(num_exits)) + " |")
+        curves = figures / f"results-{dataset}.png"
+        plot_curves(table, dataset, curves)
+        lines += ["", f"![test accuracy against layer speed-up on {dataset}]({curves.name})"]
+    found = verdict(table)
+    if found:
+        lines += ["", "Verdict (the bar: ahead of joint training in test AUC and in accuracy at 2x and at 3x, each by "
+                  "more than the larger of the two standard deviations):", "", *found]
+    lines += ["", "Every configuration read with every signal: validation AUC of seed 1 / test AUC, mean over "
+              "the seeds found; the row's chosen signal in bold; † a curve that does not span 1x..Lx, whose AUC "
+              "averages an easier range and is never chosen.", "", *matrix(dataset, results)]
+    cosee = [records[f"{c.key}-seed1"] for m in METHODS if m.name in COSEE_METHODS for c in m.configs
+             if f"{c.key}-seed1" in records]
+    shares = figures / f"cosee-weights-{dataset}.png"
+    if plot_weight_shares(cosee, shares):
+        lines += ["", "COSEE's per-exit share of the cross-entropy weight during training (seed 1; the paper's "
+                  "method and the departures):", "", f"![COSEE weight shares on {dataset}]({shares.name})"]
+    return "\n".join(lines) + "\n"
+
+
+def update_results(path: Path, name: str, text: str) -> None:
+    """Put a section into the results file between its markers, replacing an earlier one."""
+    begin, end = f"<!-- compare:{name} -->", f"<!-- /compare:{name} -->"
+    current = path.read_text() if path.exists() else (
+        "# Results\n\nWritten by the scripts in `benchmarks/`; each section says the command that produced it.\n")
+    block = f"{begin}\n{text}{end}"
+    if begin in current:
+        current = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, current, flags=re.S)
     else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(text)
+        current = current.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(current)
+
+
+def render(results: Path, results_file: Path, datasets: list[str]) -> None:
+    """Write each dataset's section (and figures beside the results file) from the result files."""
+    results_file.parent.mkdir(parents=True, exist_ok=True)
+    for dataset in datasets:
+        update_results(results_file, dataset, section(dataset, results, results_file.parent))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", default="movie-reviews", help="dataset (default: movie-reviews)")
-    parser.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (default: 1,2,3)")
-    parser.add_argument("--epochs", type=int, default=1, help="training epochs for every method (default: 1)")
-    parser.add_argument("--max-train-samples", type=int, help="use the first N training samples (default: all)")
-    parser.add_argument("--max-eval-samples", type=int, help="use the first N validation and test samples")
-    parser.add_argument("--num-layers", type=int, help="keep only the first N layers of the backbone (default: all)")
-    parser.add_argument("--max-length", type=int, default=64, help="maximum tokens per sample (default: 64)")
-    parser.add_argument("--batch-size", type=int, default=32, help="batch size (default: 32)")
-    parser.add_argument("--methods", help="comma-separated method names to run (default: all)")
-    parser.add_argument("--output-dir", help="models and comparison files (default: outputs/compare-<dataset>-<time>)")
-    parser.add_argument("--results", default=str(ROOT / "docs" / "RESULTS.md"), help="results file to update")
-    parser.add_argument("--no-track", action="store_true", help="do not log to MLflow")
-    parser.add_argument("--render-from", metavar="DIR", help="train nothing: write the results from the comparison "
-                                                              "files a run with the same flags left in DIR")
+    parser.add_argument("--dataset", choices=sorted(BUDGETS), default="movie-reviews",
+                        help="dataset to run (default: movie-reviews)")
+    parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results"),
+                        help="folder of the result files, one subfolder per dataset (default: benchmarks/results)")
+    parser.add_argument("--work", default="outputs/compare", help="where the models and the MLflow store go")
+    parser.add_argument("--max-trainings", type=int, help="stop after this many trainings (size a sitting)")
+    parser.add_argument("--plan", action="store_true", help="only list the missing trainings and a time estimate")
+    parser.add_argument("--render-from", metavar="DIR", help="train nothing: write the results of every dataset "
+                                                             "from the result files in DIR")
+    parser.add_argument("--results-file", default=str(ROOT / "docs" / "RESULTS.md"), help="file to write")
     args = parser.parse_args(argv)
-    quiet_libraries()
-    try:
-        args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    except ValueError:
-        parser.error(f"--seeds takes whole numbers separated by commas (got {args.seeds!r})")
-    chosen = set(args.methods.split(",")) if args.methods else {m.name for m in METHODS}
-    unknown = chosen - {m.name for m in METHODS}
-    if unknown:
-        parser.error(f"unknown method(s) {', '.join(sorted(unknown))}; known: {', '.join(m.name for m in METHODS)}")
-    methods = [m for m in METHODS if m.name in chosen]
-    if any(m.reuse and m.reuse not in chosen for m in methods):
-        parser.error(f"PCEE-BERT and the static budget read the model of '{JOINT}'; include it in --methods")
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    output_dir = Path(args.output_dir or f"outputs/compare-{slug(args.dataset)}-{stamp}")
-    experiment = f"compare-{args.dataset}"
-    started = time.time()
+    results_file = Path(args.results_file)
     if args.render_from:
-        validation = Comparison.read(Path(args.render_from) / "validation" / "comparison.json", "validation")
-        test = Comparison.read(Path(args.render_from) / "test" / "comparison.json", "test")
-        write_results(args, test, validation, *last_run(experiment, args.no_track), chosen)
+        results = Path(args.render_from)
+        render(results, results_file, [d for d in BUDGETS if (results / d).is_dir()])
+        print(f"wrote {results_file}")
         return 0
-    try:
-        children = [SweepChild(f"{m.name} seed={seed}", m.name, child_config(m, seed, args, output_dir, experiment))
-                    for seed in args.seeds for m in methods if m.reuse is None]
-        config = {"methods": [m.name for m in methods], "seeds": args.seeds, "dataset": args.dataset,
-                  "epochs": args.epochs, "max_train_samples": args.max_train_samples}
-        title = f"COSEE and baselines on {args.dataset}"
-        with parent_run("compare", experiment, config, str(output_dir), not args.no_track, title) as parent:
-            validation = train_children(children, parent, title)
-            validation.name = "validation"
-            test = Comparison(validation.metric_name, title=f"{title} (test)", name="test")
-            for child in list(validation.children):
-                trained = next(m for m in methods if m.name == child.group)
-                test.children.append(evaluate(child, trained, "test", args, parent))
-                for method in (m for m in methods if m.reuse == child.group):
-                    validation.children.append(evaluate(child, method, "validation", args, parent))
-                    test.children.append(evaluate(child, method, "test", args, parent))
-            for comparison in (ordered(validation), ordered(test)):
-                publish(comparison, output_dir / comparison.name, parent)
-    except UsageError as exc:
-        print(f"compare: error: {exc}", file=sys.stderr)
-        return 2
-    write_results(args, test, validation, (time.time() - started) / 60, current_commit(), chosen)
-    return 0
-
-
-def current_commit() -> str:
-    """The short git commit of this checkout."""
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                          cwd=ROOT).stdout.strip()
-
-
-def last_run(experiment: str, offline: bool) -> tuple[float | None, str]:
-    """How long the latest comparison run of the experiment took (minutes) and its commit, from MLflow."""
-    if offline:
-        return None, "unknown"
-    import mlflow
-
-    runs = mlflow.search_runs(experiment_names=[experiment], filter_string="tags.`adaptive_exit.command` = 'compare'",
-                              order_by=["start_time DESC"], max_results=1, output_format="list")
-    if not runs or runs[0].info.end_time is None:
-        return None, "unknown"
-    commit = runs[0].data.tags.get("mlflow.source.git.commit", "unknown")[:7]
-    return (runs[0].info.end_time - runs[0].info.start_time) / 60000, commit
-
-
-def write_results(args: argparse.Namespace, test: Comparison, validation: Comparison, minutes: float | None,
-                  commit: str, chosen: set[str]) -> None:
-    """Print the test table; write the figure and (with the joint-training reference) the results section."""
     results = Path(args.results)
-    results.parent.mkdir(parents=True, exist_ok=True)
-    figure = results.parent / f"results-{slug(args.dataset)}.png"
-    test.plot(figure)
-    print(test.table())
-    if JOINT in chosen:
-        update_results(results, args.dataset, results_section(args, test, validation, minutes, commit, figure.name))
-        print(f"\nUpdated {results} and {figure}")
+    if args.plan:
+        left = missing(args.dataset, results)
+        for training in left:
+            print(f"{training.stem}  ({training.method.name}): {' '.join(training.config.flags)}")
+        minutes = estimate_minutes(load_records(results, args.dataset), len(left))
+        print(f"{len(left)} trainings named so far are missing" +
+              ("" if minutes is None else f", about {minutes:.0f} minutes at the mean so far"))
+        return 0
+    from adaptive_exit.cli import quiet_libraries
+
+    quiet_libraries()
+    done = 0
+    while (left := missing(args.dataset, results)) and (args.max_trainings is None or done < args.max_trainings):
+        training = left[0]
+        print(f"[{time.strftime('%H:%M')}] {training.stem} ({training.method.name}); {len(left)} named trainings "
+              f"missing", flush=True)
+        record = run_training(training, args.dataset, results, Path(args.work))
+        done += 1
+        print(f"  train {record['train_seconds']:.0f} s, evaluation {record['eval_seconds']:.0f} s, final-exit test "
+              f"accuracy {record['per_exit_accuracy']['test'][-1]:.4f}", flush=True)
+    render(results, results_file, [args.dataset])
+    print(f"wrote {results_file}")
+    return 0
 
 
 if __name__ == "__main__":
