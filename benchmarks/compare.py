@@ -58,7 +58,7 @@ class Method:
 METHODS = (
     Method(JOINT, (Config("uniform", ("--weighting", "uniform", "--signal", "entropy")),)),
     Method("COSEE (adaptive-exit)", (
-        Config("cosee-mix0.6-energy", ("--weighting", "cosee", "--mix", "0.6", "--signal", "energy")),
+        Config("cosee-mix0.6-energy", ("--weighting", "cosee", "--mix", "0.6", "--distill", "0", "--signal", "energy")),
         Config("cosee-mix0.6-distill1-entropy",
                ("--weighting", "cosee", "--mix", "0.6", "--distill", "1", "--signal", "entropy")),
         Config("cosee-mix0.6-distill1-energy",
@@ -336,7 +336,7 @@ def cell(values: list[float | None]) -> str:
     return f"{mean(values):.4f} ± {std(values):.4f}"
 
 
-def rows(dataset: str, results: Path) -> list[dict[str, Any]]:
+def method_rows(dataset: str, results: Path) -> list[dict[str, Any]]:
     """One row per method with its chosen configuration and signal: the test numbers over its seeds."""
     records = load_records(results, dataset)
     out = []
@@ -355,11 +355,11 @@ def rows(dataset: str, results: Path) -> list[dict[str, Any]]:
     return out
 
 
-def verdict(rows_: list[dict[str, Any]]) -> list[str]:
+def verdict(rows: list[dict[str, Any]]) -> list[str]:
     """Whether the better COSEE method (by validation) beats joint training on test, as the issue asks:
     in AUC and at 2x and 3x, by more than the larger of the two standard deviations."""
-    joint = next((r for r in rows_ if r["method"] == JOINT), None)
-    cosee = [r for r in rows_ if r["method"] in COSEE_METHODS]
+    joint = next((r for r in rows if r["method"] == JOINT), None)
+    cosee = [r for r in rows if r["method"] in COSEE_METHODS]
     if joint is None or not cosee:
         return []
     best = max(cosee, key=lambda r: mean(r["validation_auc"]))
@@ -411,12 +411,12 @@ def matrix(dataset: str, results: Path) -> list[str]:
     return lines
 
 
-def plot_curves(rows_: list[dict[str, Any]], dataset: str, path: Path) -> None:
+def plot_curves(rows: list[dict[str, Any]], dataset: str, path: Path) -> None:
     """The chosen rows' test curves, mean over seeds with the band between lowest and highest seed."""
     from adaptive_exit import ChildResult, Comparison, CurvePoint, EvaluationResult
 
     comparison = Comparison("accuracy", title=f"{dataset}: test accuracy against layer speed-up")
-    for row in rows_:
+    for row in rows:
         for run in row["runs"]:
             evaluation = run["evaluations"]["test"][row["signal"]]
             curve = [CurvePoint(t, s, m, []) for t, s, m in zip(*evaluation["curve"].values())]
@@ -458,7 +458,7 @@ def section(dataset: str, results: Path, figures: Path) -> str:
     records = load_records(results, dataset)
     budget = BUDGETS[dataset]
     left = missing(dataset, results)
-    table = rows(dataset, results)
+    table = method_rows(dataset, results)
     lines = [f"## {dataset}", ""]
     if not records:
         return "\n".join(lines + ["No training has finished yet.", ""])
@@ -468,7 +468,7 @@ def section(dataset: str, results: Path, figures: Path) -> str:
     first = next(iter(records.values()))
     lines += [
         f"`python benchmarks/compare.py --dataset {dataset}` on {dates} at commit(s) {commits}; "
-        f"{first['machine']}; {len(records)} trainings, {hours:.1f} hours. Budget for every training: MiniLM-L6, "
+        f"{first['machine']}; {len(records)} training(s), {hours:.1f} hours. Budget for every training: MiniLM-L6, "
         f"{budget.describe()}, batch size 32, max length 64, the engine's defaults otherwise. "
         f"Result files: `benchmarks/results/{dataset}/`.",
         "",

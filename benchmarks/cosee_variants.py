@@ -1,13 +1,13 @@
 """COSEE's options against plain joint training at a small budget, chosen on validation.
 
     python benchmarks/cosee_variants.py [--signals entropy,energy] [--seeds 1] [--variants NAME,...]
-    python benchmarks/cosee_variants.py --render     # the table from the result files alone
+    python benchmarks/cosee_variants.py --render     # docs/RESULTS.md's section from the result files alone
 
 Every variant is one `adaptive-exit train` on the first 2,000 movie-reviews training sentences for
 1 epoch (`--max-train-samples`, `--epochs` change that), evaluated on the validation split. Each
 finished run writes `<results>/<variant>-<signal>-seed<seed>.json` (skipped when it exists, so the
-runs resume), and the table (validation AUC, accuracy at 2x and 3x, per-exit accuracy; mean over
-the seeds found) is printed in markdown.
+runs resume). The table (validation AUC, accuracy at 2x and 3x, per-exit accuracy; mean over the
+seeds found) goes into docs/RESULTS.md (section `cosee-variants`).
 """
 
 from __future__ import annotations
@@ -19,38 +19,47 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from training_quality import ROOT, run_one  # noqa: E402  (benchmarks/ is not a package)
+from compare import update_results  # noqa: E402  (benchmarks/ is not a package)
+from training_quality import ROOT, run_one  # noqa: E402
 
+# COSEE with every departure off (the paper), so that a variant names all it turns on; a later flag wins
+COSEE = ["--weighting", "cosee", "--mix", "0", "--distill", "0"]
+PAPER = ["--weighting", "cosee", "--preset", "paper"]
 VARIANTS = {
     "uniform": ["--weighting", "uniform"],
-    "cosee-paper": ["--weighting", "cosee", "--preset", "paper"],
-    "cosee-mix0.3": ["--weighting", "cosee", "--mix", "0.3"],
-    "cosee-mix0.6": ["--weighting", "cosee", "--mix", "0.6"],
-    "cosee-per-exit-norm": ["--weighting", "cosee", "--per-exit-norm"],
-    "cosee-quantiles": ["--weighting", "cosee", "--quantile-thresholds"],
-    "cosee-quantiles-mix0.3": ["--weighting", "cosee", "--quantile-thresholds", "--mix", "0.3"],
-    "cosee-quantiles-mix0.6": ["--weighting", "cosee", "--quantile-thresholds", "--mix", "0.6"],
-    "cosee-quantiles-mix0.3-beta1": ["--weighting", "cosee", "--quantile-thresholds", "--mix", "0.3", "--beta0", "1"],
-    "cosee-quantiles-mix0.3-no-osc": ["--weighting", "cosee", "--quantile-thresholds", "--mix", "0.3", "--no-osc"],
-    "cosee-mix0.6-beta1": ["--weighting", "cosee", "--mix", "0.6", "--beta0", "1"],
-    "cosee-no-swm": ["--weighting", "cosee", "--no-swm"],
-    "cosee-warmup0.5": ["--weighting", "cosee", "--warmup", "0.5"],
-    "cosee-distill1": ["--weighting", "cosee", "--distill", "1"],
-    "cosee-mix0.6-distill1": ["--weighting", "cosee", "--mix", "0.6", "--distill", "1"],
-    "cosee-warmup0.5-distill1": ["--weighting", "cosee", "--warmup", "0.5", "--distill", "1"],
-    "cosee-beta0.2": ["--weighting", "cosee", "--beta0", "0.2"],
-    "cosee-distill2": ["--weighting", "cosee", "--distill", "2"],
-    "cosee-quantiles-distill1": ["--weighting", "cosee", "--quantile-thresholds", "--distill", "1"],
-    "cosee-defaults": ["--weighting", "cosee"],
+    "cosee-paper": PAPER,
+    "cosee-mix0.3": [*COSEE, "--mix", "0.3"],
+    "cosee-mix0.6": [*COSEE, "--mix", "0.6"],
+    "cosee-per-exit-norm": [*COSEE, "--per-exit-norm"],
+    "cosee-quantiles": [*COSEE, "--quantile-thresholds"],
+    "cosee-quantiles-mix0.3": [*COSEE, "--quantile-thresholds", "--mix", "0.3"],
+    "cosee-quantiles-mix0.6": [*COSEE, "--quantile-thresholds", "--mix", "0.6"],
+    "cosee-quantiles-mix0.3-beta1": [*COSEE, "--quantile-thresholds", "--mix", "0.3", "--beta0", "1"],
+    "cosee-quantiles-mix0.3-no-osc": [*COSEE, "--quantile-thresholds", "--mix", "0.3", "--no-osc"],
+    "cosee-mix0.6-beta1": [*COSEE, "--mix", "0.6", "--beta0", "1"],
+    "cosee-no-swm": [*COSEE, "--no-swm"],
+    "cosee-warmup0.5": [*COSEE, "--warmup", "0.5"],
+    "cosee-distill1": [*COSEE, "--distill", "1"],
+    "cosee-mix0.6-distill1": [*COSEE, "--mix", "0.6", "--distill", "1"],
+    "cosee-warmup0.5-distill1": [*COSEE, "--warmup", "0.5", "--distill", "1"],
+    "cosee-beta0.2": [*COSEE, "--beta0", "0.2"],
+    "cosee-distill2": [*COSEE, "--distill", "2"],
+    "cosee-quantiles-distill1": [*COSEE, "--quantile-thresholds", "--distill", "1"],
 }
 
 
 def render(results: Path) -> str:
-    """Mean validation numbers of each variant and signal over the seeds found, as a markdown table."""
+    """The results section: mean validation numbers of each variant and signal over the seeds found."""
     groups: dict[str, list[dict]] = {}
     for path in sorted(results.glob("*.json")):
         groups.setdefault(path.stem.rsplit("-seed", 1)[0], []).append(json.loads(path.read_text()))
-    lines = ["| variant, signal | seeds | validation AUC | acc @2x | acc @3x | per-exit accuracy (exit 1 → L) |",
+    lines = ["## COSEE's options at a small budget", "",
+             "`python benchmarks/cosee_variants.py`: each variant is one `adaptive-exit train` on the first 2,000 "
+             "movie-reviews training sentences for 1 epoch, read on the validation split with the signal it was "
+             "trained with; mean over the seeds in the `seeds` column. `VARIANTS` in the script gives each "
+             "name's flags (`cosee-paper` is `--preset paper`; the COSEE defaults are `--mix 0.6 --distill 1`, "
+             "the `cosee-mix0.6-distill1` rows). The options are explained in `plugins/cosee/README.md`.", "",
+             "| variant, signal | seeds | validation AUC | acc @2x | acc @3x | per-exit accuracy (exit 1 → L) |",
              "|---|---|---|---|---|---|"]
     for name, records in groups.items():
         def mean(values: list[float | None]) -> str:
@@ -62,7 +71,7 @@ def render(results: Path) -> str:
                      f"{mean([r['validation_metric_at']['2'] for r in records])} | "
                      f"{mean([r['validation_metric_at']['3'] for r in records])} | "
                      f"{' '.join(f'{statistics.mean(e):.3f}' for e in exits)} |")
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n"
 
 
 def main() -> int:
@@ -76,7 +85,8 @@ def main() -> int:
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "cosee-variants"),
                         help="folder of the result files (default: benchmarks/results/cosee-variants)")
     parser.add_argument("--work", default="outputs/cosee-variants", help="where the models go")
-    parser.add_argument("--render", action="store_true", help="only print the table from the result files")
+    parser.add_argument("--render", action="store_true", help="only write the section from the result files")
+    parser.add_argument("--results-file", default=str(ROOT / "docs" / "RESULTS.md"), help="file to put the section in")
     args = parser.parse_args()
     results = Path(args.results)
     unknown = [v for v in args.variants.split(",") if v not in VARIANTS]
@@ -93,7 +103,9 @@ def main() -> int:
                     flags = [*VARIANTS[variant], "--signal", signal, "--seed", seed, "--epochs", args.epochs,
                              "--max-train-samples", args.max_train_samples]
                     run_one(name, flags, "auto", results, Path(args.work), split="validation")
-    print(render(results))
+    section = render(results)
+    update_results(Path(args.results_file), "cosee-variants", section)
+    print(section)
     return 0
 
 

@@ -187,6 +187,29 @@ def test_paper_preset_turns_every_departure_off():
         CoseeOptions(preset="paper", distill=1.0)
 
 
+@pytest.mark.parametrize(("preset", "mix", "distill"), [("adaptive-exit", 0.6, 1.0), ("paper", 0.0, 0.0)])
+def test_loss_is_the_paper_weights_mixed_plus_distillation(preset, mix, distill):
+    # the defaults mix the paper's weights with uniform ones and distil into the starved exits; the paper
+    # preset is Eq. 2 + alpha * OSC exactly
+    torch.manual_seed(4)
+    logits, labels = torch.randn(3, 6, 2), torch.tensor([0, 1, 0, 1, 1, 0])
+    outputs = ExitOutputs(logits, torch.zeros(3, 6, 1))
+    signal = Entropy(num_exits=3, hidden_size=1, num_labels=2)
+    weighting = Cosee(CoseeOptions(preset=preset), signal=signal, num_exits=3, total_steps=10)
+    assert (weighting.options.mix, weighting.options.distill) == (mix, distill)
+    torch.manual_seed(5)
+    thresholds = torch.rand(5, dtype=torch.float64)  # drawn from [0, 1] in the first epoch
+    paper = sample_weights(signal.score(outputs), thresholds, "<", beta_at(5, 10, 10.0))
+    weights = (1 - mix) * paper + mix / 3
+    expected = (weighted_cross_entropy(exit_cross_entropy(logits, labels), weights)
+                + 0.1 * osc_loss(signal.score(outputs), logits, labels, 0.3, "<")
+                + distill * distillation_loss(logits, weights))
+    torch.manual_seed(5)
+    got = weighting.loss(outputs, labels, step=5)
+    assert float(got.total) == pytest.approx(float(expected), rel=1e-6)
+    assert ("cosee_distill" in got.logs) == (distill > 0)
+
+
 def test_cosee_logs_exit_shares_every_n_steps():
     torch.manual_seed(3)
     logits, labels = torch.randn(3, 4, 2), torch.tensor([0, 1, 0, 1])

@@ -21,7 +21,8 @@ DEPARTURES = {"mix": 0.0, "per_exit_norm": False, "quantile_thresholds": False, 
 
 
 class CoseeOptions(BaseModel):
-    """COSEE's hyper-parameters (the paper's: the authors' training script; the departures: see the README)."""
+    """COSEE's hyper-parameters: the paper's from the authors' training script; the departures (mix, distill
+    on by default; see the README) are all off under ``preset="paper"``."""
 
     model_config = ConfigDict(extra="forbid")
     preset: Literal["adaptive-exit", "paper"] = Field(
@@ -33,7 +34,7 @@ class CoseeOptions(BaseModel):
     epsilon: float = Field(0.3, ge=0, description="margin between mean signals of wrong and correct samples")
     osc: bool = Field(True, description="use online signal calibration (--no-osc: the 'w/o OSC' ablation)")
     swm: bool = Field(True, description="use sample weighting (--no-swm: uniform weights, the 'w/o SWM' ablation)")
-    mix: float = Field(0.0, ge=0, le=1, description="weights (1 - mix)·COSEE + mix/M: every exit keeps at least "
+    mix: float = Field(0.6, ge=0, le=1, description="weights (1 - mix)·COSEE + mix/M: every exit keeps at least "
                                                     "mix/M of the weight (0: the paper)")
     per_exit_norm: bool = Field(False, description="rescale each exit's weights to mean 1/M over the batch: every "
                                                    "exit keeps its gradient scale, COSEE picks which samples it "
@@ -43,7 +44,7 @@ class CoseeOptions(BaseModel):
                                                          "paper's range, [0, 1] in epoch 1)")
     warmup: float = Field(0.0, ge=0, lt=1, description="share of the training steps with beta_t = 0 (uniform "
                                                        "weights); beta_t then rises linearly to beta0 (0: the paper)")
-    distill: float = Field(0.0, ge=0, description="scale of a distillation loss from the final exit into each "
+    distill: float = Field(1.0, ge=0, description="scale of a distillation loss from the final exit into each "
                                                   "internal exit, per sample weighted by how far COSEE's weight "
                                                   "fell below 1/M (0: the paper)")
     log_every: int = Field(10, ge=0, description="log each exit's share of the weight and of the simulated exits "
