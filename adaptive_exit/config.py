@@ -35,6 +35,8 @@ class DataConfig(_Strict):
     text_column: str = Field("text", description="column with the text (local files)")
     text_pair_column: str | None = Field(None, description="column with the second text of a pair (local files)")
     label_column: str = Field("label", description="column with the label (local files)")
+    drop_missing_labels: bool = Field(False, description="leave out rows of local files that have no label "
+                                                         "(default: an error naming them)")
 
 
 class TrainConfig(_Strict):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -241,6 +242,9 @@ class LocalFile(DatasetSource):
         raw = raw.select_columns([*fields, config.label_column])
         if config.label_column != "label":
             raw = raw.rename_column(config.label_column, "label")
+        raw = DatasetDict({split: _checked_rows(dataset, fields, f"{split} file '{given[split]}'",
+                                                config.drop_missing_labels)
+                           for split, dataset in raw.items()})
         if not isinstance(raw["train"].features["label"], ClassLabel):
             raw = _encode_labels(raw)
         names = raw["train"].features["label"].names
@@ -255,10 +259,61 @@ class LocalFile(DatasetSource):
         return TaskData(DatasetDict(splits), fields, list(names))
 
 
+def _rows_where(values: list[Any], test: Any) -> list[int]:
+    """The 1-based row numbers (after the header) of the values that pass ``test``."""
+    return [i + 1 for i, value in enumerate(values) if test(value)]
+
+
+def _rows_have(rows: list[int]) -> str:
+    """'row 3 has' or 'rows 3, 8, 9 have' (the first five, then how many more)."""
+    shown = ", ".join(map(str, rows[:5])) + (f" and {len(rows) - 5} more" if len(rows) > 5 else "")
+    return f"row {shown} has" if len(rows) == 1 else f"rows {shown} have"
+
+
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or (isinstance(value, str)
+                                                                               and not value.strip())
+
+
+def _checked_rows(dataset: Any, fields: tuple[str, ...], where: str, drop_missing_labels: bool) -> Any:
+    """A local file's rows, refused with a one-line error if a text cell is empty or a label is missing (rows
+    without a label are left out, with a warning, under ``drop_missing_labels``) or not a whole number."""
+    for field in fields:
+        empty = _rows_where(dataset[field], _blank)
+        if empty:
+            raise UsageError(f"{where}: {_rows_have(empty)} an empty {field!r} cell (rows counted from 1 after the "
+                             f"header); fill or remove them")
+    labels = dataset["label"]
+    missing = _rows_where(labels, _blank)
+    if missing and not drop_missing_labels:
+        raise UsageError(f"{where}: {_rows_have(missing)} no label (rows counted from 1 after the header); fill "
+                         f"them, or pass --drop-missing-labels to leave those rows out")
+    if missing:
+        print(f"adaptive-exit: warning: {where}: left out {len(missing)} row(s) without a label", file=sys.stderr)
+        dropped = set(missing)
+        dataset = dataset.select([i for i in range(len(labels)) if i + 1 not in dropped])
+        labels = dataset["label"]
+    fractional = _rows_where(labels, lambda v: isinstance(v, float) and not v.is_integer())
+    if fractional:
+        raise UsageError(f"{where}: {_rows_have(fractional)} a label that is not a whole number "
+                         f"({labels[fractional[0] - 1]!r}); classification needs class labels (whole numbers or names)")
+    if any(isinstance(v, float) for v in labels):
+        from datasets import Value
+
+        dataset = dataset.cast_column("label", Value("int64"))
+    return dataset
+
+
 def _encode_labels(raw: Any) -> Any:
     """Labels as a ClassLabel column consistent across splits: integers kept, strings numbered in sorted order."""
     from datasets import ClassLabel
 
+    unseen = {split: sorted({str(v) for v in dataset["label"]} - {str(v) for v in raw["train"]["label"]})
+              for split, dataset in raw.items()}
+    for split, labels in unseen.items():
+        if labels:
+            raise UsageError(f"label {labels[0]!r} appears in the {split} file but not in the train file; every "
+                             f"label needs training examples")
     values = {v for split in raw.values() for v in split["label"]}
     if all(isinstance(v, int) and v >= 0 for v in values):
         names = [str(i) for i in range(max(values) + 1)]

@@ -80,3 +80,35 @@ def test_unreachable_dataset_hub(cli):
 
 def test_missing_model_dir(cli):
     assert_usage_error(cli("evaluate", "no-such-dir"), "not a model directory")
+
+
+@pytest.mark.parametrize(("rows", "fragments"), [
+    ("great film,pos\nawful film,neg\n ,pos\n", ("train file", "row 3 has an empty 'text' cell")),
+    ("great film,pos\nawful film,\nfine,pos\nbad,\n", ("rows 2, 4 have no label", "--drop-missing-labels")),
+    ("great film,1\nawful film,0.5\n", ("row 2 has a label that is not a whole number (0.5)", "class labels")),
+])
+def test_bad_cells_of_a_local_file(cli, tmp_path, rows, fragments):
+    (tmp_path / "train.csv").write_text("text,label\n" + rows)
+    assert_usage_error(cli("train", "--dataset", "csv", "--train-file", "train.csv", "--no-track"), *fragments)
+
+
+def test_label_only_in_the_test_file(cli, tmp_path):
+    (tmp_path / "train.csv").write_text("text,label\ngood,pos\nbad,neg\n")
+    (tmp_path / "test.csv").write_text("text,label\nmeh,neutral\n")
+    done = cli("train", "--dataset", "csv", "--train-file", "train.csv", "--test-file", "test.csv", "--no-track")
+    assert_usage_error(done, "label 'neutral' appears in the test file but not in the train file")
+
+
+def test_rows_without_a_label_left_out_on_request(tmp_path, capsys):
+    from adaptive_exit.config import DataConfig
+    from adaptive_exit.data import load_task
+
+    (tmp_path / "train.csv").write_text("text,label\ngood,1\nbad,\nfine,1.0\nawful,0\n")
+    (tmp_path / "test.csv").write_text("text,label\nmeh,0\n")
+    config = DataConfig(dataset="csv", train_file=str(tmp_path / "train.csv"), validation_file=str(tmp_path / "train.csv"),
+                        test_file=str(tmp_path / "test.csv"), drop_missing_labels=True)
+    task = load_task(config)
+    assert task.splits["train"]["text"] == ["good", "fine", "awful"]
+    assert task.splits["train"]["label"] == [1, 1, 0]  # a whole-number float is a class
+    assert task.label_names == ["0", "1"]
+    assert "left out 1 row(s) without a label" in capsys.readouterr().err
