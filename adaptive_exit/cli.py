@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from .errors import UsageError
+from .lifecycle import Terminated, terminate_on_sigterm
 
 if TYPE_CHECKING:
     from .sweeps import SweepChild
@@ -447,12 +448,16 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``adaptive-exit`` command; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     quiet_libraries()
+    terminate_on_sigterm()
     try:
         args = make_parser(argv).parse_args(argv)
         return args.func(args)
     except UsageError as exc:
         print(f"adaptive-exit: error: {exc}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("adaptive-exit: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("adaptive-exit: interrupted", file=sys.stderr)
         return 130

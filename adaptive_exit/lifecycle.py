@@ -3,11 +3,25 @@
 from __future__ import annotations
 
 import contextlib
+import signal
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from .plugins import call_lifecycle
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what ``timeout``, schedulers and ``torchrun`` send), raised so a run ends KILLED like on Ctrl-C."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def terminate_on_sigterm() -> None:
+    """Make SIGTERM raise ``Terminated`` in the main thread, so a run it stops ends KILLED."""
+    signal.signal(signal.SIGTERM, _raise_terminated)
 
 
 @dataclass
@@ -32,7 +46,8 @@ class RunInfo:
 
 @contextlib.contextmanager
 def lifecycle(run: RunInfo, active: bool = True) -> Iterator[dict[str, Any]]:
-    """Call ``on_run_start`` now and ``on_run_end`` with FINISHED, FAILED (an exception) or KILLED (Ctrl-C).
+    """Call ``on_run_start`` now and ``on_run_end`` with FINISHED, FAILED (an exception) or KILLED (Ctrl-C or
+    SIGTERM, once ``terminate_on_sigterm`` was called).
 
     The yielded dict's ``output_dir`` key, if set, is passed to ``on_run_end``. With ``active`` False
     (ranks other than 0) no hook is called.

@@ -6,7 +6,9 @@ import contextlib
 import csv
 import io
 import json
+import os
 import re
+import socket
 import subprocess
 import tempfile
 from pathlib import Path
@@ -23,6 +25,7 @@ from .config import flatten
 from .hookspecs import hookimpl
 
 RUN_ID = "mlflow_run_id"
+PID, HOST = "adaptive_exit.pid", "adaptive_exit.host"
 SHARES = "exit_shares"
 SHARE_KEY = re.compile(r"^(?P<group>.+)/exit_(?P<exit>\d+)$")
 
@@ -82,16 +85,47 @@ def _param(value: Any) -> Any:
     return value[:6000] if isinstance(value, str) else value
 
 
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def fail_dead_runs(client: Any) -> list[str]:
+    """Mark FAILED every RUNNING run started on this host by a process that no longer exists (killed with
+    SIGKILL, or its machine rebooted); returns their ids. Runs of other hosts are left alone."""
+    host = socket.gethostname()
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    if not experiments:
+        return []
+    found = client.search_runs(experiments, f"attributes.status = 'RUNNING' and tags.`{HOST}` = '{host}'",
+                               max_results=1000)
+    dead = [r for r in found if r.data.tags.get(PID, "").isdigit() and not process_alive(int(r.data.tags[PID]))]
+    for stale in dead:
+        client.set_tag(stale.info.run_id, "adaptive_exit.failure",
+                       f"process {stale.data.tags[PID]} on {host} ended without closing the run")
+        client.set_terminated(stale.info.run_id, status="FAILED")
+    return [r.info.run_id for r in dead]
+
+
 @hookimpl
 def on_run_start(run: Any) -> None:
     if not run.tracking:
         return
     import mlflow
+    from mlflow.tracking import MlflowClient
 
     parent = run.parent.state.get(RUN_ID) if run.parent is not None and run.parent.tracking else None
     with store_lock(mlflow.get_tracking_uri()):
+        fail_dead_runs(MlflowClient())
         mlflow.set_experiment(run.experiment)
-    active = mlflow.start_run(run_name=run.run_name, nested=parent is not None, parent_run_id=parent)
+    owner = {PID: str(os.getpid()), HOST: socket.gethostname()}  # with the run from its first moment
+    active = mlflow.start_run(run_name=run.run_name, nested=parent is not None, parent_run_id=parent, tags=owner)
     run.state[RUN_ID] = active.info.run_id
     params = {key: value for key, value in flatten(run.config).items()}
     tags = {"adaptive_exit.command": run.command, "adaptive_exit.argv": " ".join(run.argv)}

@@ -1,0 +1,54 @@
+"""A run's MLflow status tells the truth when its process is stopped: SIGTERM, or SIGKILL (real subprocesses)."""
+
+import signal
+import subprocess
+import sys
+import time
+
+from conftest import TINY
+
+
+def start_training(env, tmp_path):
+    """A tiny `train` long enough to be stopped, and a function that waits for its RUNNING MLflow run."""
+    from mlflow.tracking import MlflowClient
+
+    process = subprocess.Popen([sys.executable, "-m", "adaptive_exit", "train", *TINY, "--epochs", "20",
+                                "--max-train-samples", "2000", "--max-eval-samples", "32"],
+                               cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+
+    def running_run():
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            assert process.poll() is None, process.communicate()[1][-2000:]
+            runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                      "attributes.status = 'RUNNING'") if client.search_experiments() else []
+            if runs:
+                return runs[0]
+            time.sleep(0.5)
+        raise AssertionError("the training never started its run")
+
+    return process, running_run, client
+
+
+def test_sigterm_ends_the_run_killed_with_exit_143(env, tmp_path):
+    process, running_run, client = start_training(env, tmp_path)
+    run = running_run()
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr[-2000:]
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == "adaptive-exit: terminated"
+    assert client.get_run(run.info.run_id).info.status == "KILLED"
+
+
+def test_a_run_whose_process_was_killed_is_failed_by_the_next_command(env, tmp_path, cli):
+    process, running_run, client = start_training(env, tmp_path)
+    run = running_run()
+    process.kill()
+    process.communicate(timeout=60)
+    assert client.get_run(run.info.run_id).info.status == "RUNNING"  # nobody could say otherwise
+    cli("train", "--dataset", "csv", "--train-file", "missing.csv")  # any command that opens the store
+    found = client.get_run(run.info.run_id)
+    assert found.info.status == "FAILED"
+    assert f"process {process.pid}" in found.data.tags["adaptive_exit.failure"]
