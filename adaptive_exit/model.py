@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +109,7 @@ class MultiExitModel(torch.nn.Module):
         save_file(state, str(directory / WEIGHTS))
         if signal is not None and len(signal.state_dict()) > 0:
             save_file({k: v.contiguous() for k, v in signal.state_dict().items()}, str(directory / SIGNAL_WEIGHTS))
-        (directory / MODEL_CONFIG).write_text(json.dumps(self.config, indent=2, sort_keys=True) + "\n")
+        write_config(directory / MODEL_CONFIG, self.config)
         return directory
 
     @classmethod
@@ -148,7 +149,18 @@ def update_model_config(directory: str | Path, key: str, value: Any) -> None:
     path = Path(directory) / MODEL_CONFIG
     config = json.loads(path.read_text())
     config[key] = value
-    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    write_config(path, config)
+
+
+def write_config(path: Path, config: dict[str, Any]) -> None:
+    """Write a model's config file atomically: a temporary file beside it, flushed to disk, renamed over it,
+    so a crash leaves the old file or the new one, never half of one."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    with open(temporary, "w") as handle:
+        handle.write(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
 
 
 def load_signal_weights(signal: torch.nn.Module, directory: str | Path) -> None:

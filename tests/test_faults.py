@@ -52,3 +52,25 @@ def test_a_run_whose_process_was_killed_is_failed_by_the_next_command(env, tmp_p
     found = client.get_run(run.info.run_id)
     assert found.info.status == "FAILED"
     assert f"process {process.pid}" in found.data.tags["adaptive_exit.failure"]
+
+
+def test_a_failed_config_update_leaves_the_old_file_whole(tmp_path, monkeypatch):
+    import json
+    import os
+
+    import pytest
+
+    from adaptive_exit.model import MODEL_CONFIG, update_model_config
+
+    path = tmp_path / MODEL_CONFIG
+    path.write_text(json.dumps({"num_labels": 2}))
+    update_model_config(tmp_path, "calibration", {"threshold": 0.25})
+    assert json.loads(path.read_text()) == {"calibration": {"threshold": 0.25}, "num_labels": 2}
+
+    def disk_full(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", disk_full)
+    with pytest.raises(OSError):
+        update_model_config(tmp_path, "calibration", {"threshold": 0.5})
+    assert json.loads(path.read_text())["calibration"] == {"threshold": 0.25}
