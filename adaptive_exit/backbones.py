@@ -19,6 +19,7 @@ class Encoder(torch.nn.Module):
     num_layers: int
     hidden_size: int
     tokenizer: Any
+    max_positions: int | None = None  # the most tokens one input may have; None: no limit known
 
     def embed(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:
         """Token embeddings ``[batch, seq, hidden]``."""
@@ -103,6 +104,9 @@ class HuggingFaceEncoder(Encoder):
         self.tokenizer = tokenizer
         self.num_layers = len(model.encoder.layer)
         self.hidden_size = model.config.hidden_size
+        limits = [getattr(model.config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
+        known = [limit for limit in limits if isinstance(limit, int) and limit < 1_000_000]
+        self.max_positions = min(known) if known else None
 
     def embed(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:
         kwargs = {"input_ids": input_ids}

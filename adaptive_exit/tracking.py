@@ -22,6 +22,7 @@ except ImportError:  # Windows: no lock; use a tracking server there for concurr
 import yaml
 
 from .config import flatten
+from .errors import UsageError
 from .hookspecs import hookimpl
 
 RUN_ID = "mlflow_run_id"
@@ -113,6 +114,22 @@ def fail_dead_runs(client: Any) -> list[str]:
     return [r.info.run_id for r in dead]
 
 
+def check_server_answers(tracking_uri: str, timeout: float = 5.0) -> None:
+    """A UsageError if the store is a tracking server that does not answer its health check within ``timeout``
+    seconds (MLflow would otherwise retry for minutes); local stores pass."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(f"{tracking_uri.rstrip('/')}/health", timeout=timeout).close()
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise UsageError(f"the MLflow tracking server at {tracking_uri} does not answer ({reason}); start it, point "
+                         f"MLFLOW_TRACKING_URI at another store, or pass --no-track") from None
+
+
 @hookimpl
 def on_run_start(run: Any) -> None:
     if not run.tracking:
@@ -121,6 +138,7 @@ def on_run_start(run: Any) -> None:
     from mlflow.tracking import MlflowClient
 
     parent = run.parent.state.get(RUN_ID) if run.parent is not None and run.parent.tracking else None
+    check_server_answers(mlflow.get_tracking_uri())
     with store_lock(mlflow.get_tracking_uri()):
         fail_dead_runs(MlflowClient())
         mlflow.set_experiment(run.experiment)

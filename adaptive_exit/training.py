@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import random
@@ -25,6 +26,7 @@ from .lifecycle import RunInfo, lifecycle
 from .model import MultiExitModel
 from .plugins import call_lifecycle, create, lookup
 from .precision import Precision
+from .preflight import check_disk_room, check_max_length, claimed_output_dir
 
 EVAL_BATCH_SIZE = 64
 
@@ -205,8 +207,6 @@ def train(config: RunConfig, parent: RunInfo | None = None,
     """
     dist = setup_distributed()
     output_dir = config.output_dir or default_output_dir(config)
-    if Path(output_dir).exists() and any(Path(output_dir).iterdir()):
-        raise UsageError(f"output directory '{output_dir}' exists and is not empty; pass another --output-dir")
     plugins = chosen_plugins(config)
     precision = Precision(config.train.precision, dist.device)
     if dist.main:
@@ -217,7 +217,8 @@ def train(config: RunConfig, parent: RunInfo | None = None,
     run = RunInfo("train", config.model_dump(), plugins, config.tracking.experiment or config.data.dataset,
                   config.tracking.enabled, run_name=run_name or f"{config.weighting.name}-{config.signal.name}",
                   parent=parent)
-    with lifecycle(run, active=dist.main) as outcome:
+    claimed = claimed_output_dir(output_dir) if dist.main else contextlib.nullcontext()
+    with claimed, lifecycle(run, active=dist.main) as outcome:
         if dist.main:
             task = load_task(config.data)
         dist.barrier()
@@ -227,8 +228,11 @@ def train(config: RunConfig, parent: RunInfo | None = None,
             call_lifecycle("on_data_loaded", run=run, task=task, splits=("train", config.data.eval_split))
         encoder = lookup("backbones", config.model.backbone_type).cls().load(config.model.backbone,
                                                                              config.model.num_layers)
+        check_max_length(config.data.max_length, encoder, config.model.backbone)
         num_labels = len(task.label_names)
         model = MultiExitModel(encoder, model_config(config, task, num_labels)).to(dist.device)
+        if dist.main:
+            check_disk_room(output_dir, model)
         signal = create("signals", config.signal.name, config.signal.options, num_exits=model.num_exits,
                         hidden_size=encoder.hidden_size, num_labels=num_labels).to(dist.device)
         eval_split = config.data.eval_split

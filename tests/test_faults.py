@@ -74,3 +74,29 @@ def test_a_failed_config_update_leaves_the_old_file_whole(tmp_path, monkeypatch)
     with pytest.raises(OSError):
         update_model_config(tmp_path, "calibration", {"threshold": 0.5})
     assert json.loads(path.read_text())["calibration"] == {"threshold": 0.25}
+
+
+def test_checks_before_the_work(cli, tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    import pytest
+    import torch
+
+    from adaptive_exit.errors import UsageError
+    from adaptive_exit.preflight import check_disk_room, claimed_output_dir
+
+    from test_cli_errors import assert_usage_error
+
+    done = cli("train", "--num-layers", "1", extra_env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})
+    assert_usage_error(done, "tracking server at http://127.0.0.1:9 does not answer", "--no-track")
+    assert_usage_error(cli("train", "--num-layers", "1", "--max-length", "1000", "--no-track"),
+                       "--max-length 1000 is more than backbone 'minilm-l6' takes (512 tokens)")
+    with claimed_output_dir(str(tmp_path / "taken")):
+        done = cli("train", "--num-layers", "1", "--no-track", "--output-dir", "taken")
+        assert_usage_error(done, "output directory 'taken' is in use by another run")
+    assert not (tmp_path / "taken.lock").exists()  # released with the run
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 10**6, 10**6))
+    with pytest.raises(UsageError, match="about 8 MB needed, 1 MB free"):
+        check_disk_room(str(tmp_path / "model"), torch.nn.Linear(1000, 1000))
