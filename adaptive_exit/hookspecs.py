@@ -81,5 +81,6 @@ def on_sweep_end(run: Any, comparison: Any) -> None:
 
 
 @hookspec
-def on_run_end(run: Any, status: str, output_dir: str | None) -> None:
-    """The command ended with ``status`` FINISHED, FAILED or KILLED; ``output_dir`` holds the saved model, if any."""
+def on_run_end(run: Any, status: str, output_dir: str | None, error: str | None) -> None:
+    """The command ended with ``status`` FINISHED, FAILED or KILLED; ``output_dir`` holds the saved model, if any;
+    ``error`` is the first line of the error that ended it FAILED (None otherwise)."""

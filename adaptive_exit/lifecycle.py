@@ -60,9 +60,10 @@ def lifecycle(run: RunInfo, active: bool = True) -> Iterator[dict[str, Any]]:
     try:
         yield outcome
     except KeyboardInterrupt:
-        call_lifecycle("on_run_end", run=run, status="KILLED", output_dir=outcome["output_dir"])
+        call_lifecycle("on_run_end", run=run, status="KILLED", output_dir=outcome["output_dir"], error=None)
         raise
-    except BaseException:
-        call_lifecycle("on_run_end", run=run, status="FAILED", output_dir=outcome["output_dir"])
+    except BaseException as exc:
+        error = (str(exc).splitlines() or [type(exc).__name__])[0]
+        call_lifecycle("on_run_end", run=run, status="FAILED", output_dir=outcome["output_dir"], error=error)
         raise
-    call_lifecycle("on_run_end", run=run, status="FINISHED", output_dir=outcome["output_dir"])
+    call_lifecycle("on_run_end", run=run, status="FINISHED", output_dir=outcome["output_dir"], error=None)

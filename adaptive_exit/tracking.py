@@ -287,22 +287,29 @@ def on_sweep_end(run: Any, comparison: Any) -> None:
 
 
 @hookimpl
-def on_run_end(run: Any, status: str, output_dir: str | None) -> None:
+def on_run_end(run: Any, status: str, output_dir: str | None, error: str | None) -> None:
     found = _client_and_run(run)
     if not found:
         return
     import mlflow
 
     client, run_id = found
-    _log_written(client, run_id, lambda directory: [_write_config(run.config, directory / "config.yaml")] + [
-        plot_shares(name, shares, directory / f"{name}.png") for name, shares in run.state.get(SHARES, {}).items()])
-    if output_dir:
-        client.set_tag(run_id, "adaptive_exit.output_dir", str(Path(output_dir).resolve()))
-    if status == "FINISHED" and run.command == "train" and output_dir and run.config["tracking"]["log_model"]:
-        from .mlflow_model import log_model
+    try:
+        if error:
+            client.set_tag(run_id, "adaptive_exit.error", error[:5000])
+        _log_written(client, run_id, lambda directory: [_write_config(run.config, directory / "config.yaml")] + [
+            plot_shares(name, shares, directory / f"{name}.png") for name, shares in run.state.get(SHARES, {}).items()])
+        if output_dir:
+            client.set_tag(run_id, "adaptive_exit.output_dir", str(Path(output_dir).resolve()))
+        if status == "FINISHED" and run.command == "train" and output_dir and run.config["tracking"]["log_model"]:
+            from .mlflow_model import log_model
 
-        log_model(output_dir)
-    if mlflow.active_run() is not None and mlflow.active_run().info.run_id == run_id:
-        mlflow.end_run(status=status)
-    else:
-        client.set_terminated(run_id, status=status)
+            log_model(output_dir)
+    except BaseException as exc:  # the run did not get all it promised: it did not finish
+        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+        raise
+    finally:
+        if mlflow.active_run() is not None and mlflow.active_run().info.run_id == run_id:
+            mlflow.end_run(status=status)
+        else:
+            client.set_terminated(run_id, status=status)

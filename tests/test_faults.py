@@ -100,3 +100,31 @@ def test_checks_before_the_work(cli, tmp_path, monkeypatch):
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 10**6, 10**6))
     with pytest.raises(UsageError, match="about 8 MB needed, 1 MB free"):
         check_disk_room(str(tmp_path / "model"), torch.nn.Linear(1000, 1000))
+
+
+def test_finished_only_once_the_model_is_logged(env, tmp_path, monkeypatch):
+    import pytest
+    from mlflow.tracking import MlflowClient
+
+    from adaptive_exit import mlflow_model
+    from adaptive_exit.cli import main
+
+    for key in ("ADAPTIVE_EXIT_CACHE", "HF_HUB_OFFLINE", "MLFLOW_TRACKING_URI"):
+        monkeypatch.setenv(key, env[key])
+    monkeypatch.chdir(tmp_path)
+    tiny = ["train", "--num-layers", "1", "--max-train-samples", "8", "--batch-size", "4", "--max-eval-samples", "8",
+            "--max-length", "16"]
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    for raised, status in ((OSError(28, "No space left on device"), "FAILED"), (KeyboardInterrupt(), "KILLED")):
+        def log_model(output_dir, raised=raised):
+            raise raised
+
+        monkeypatch.setattr(mlflow_model, "log_model", log_model)
+        if status == "KILLED":
+            assert main([*tiny, "--output-dir", f"out-{status}"]) == 130
+        else:
+            with pytest.raises(OSError):
+                main([*tiny, "--output-dir", f"out-{status}"])
+        (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                    f"tags.`adaptive_exit.output_dir` LIKE '%out-{status}'")
+        assert run.info.status == status
