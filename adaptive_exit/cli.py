@@ -191,12 +191,17 @@ def sweep_children(args: argparse.Namespace) -> tuple[list[SweepChild], dict[str
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from .sweeps import run_sweep
+    from .sweeps import PartialSweep, run_sweep
 
     children, grid, experiment, output_dir = sweep_children(args)
     print(f"sweep: {len(children)} configuration(s): " + "; ".join(c.name for c in children), file=sys.stderr)
-    comparison = run_sweep(children, experiment, output_dir, tracking=not args.no_track, grid=grid,
-                           title=f"sweep over {', '.join(grid) or 'one configuration'}")
+    try:
+        comparison = run_sweep(children, experiment, output_dir, tracking=not args.no_track, grid=grid,
+                               title=f"sweep over {', '.join(grid) or 'one configuration'}")
+    except PartialSweep as partial:
+        print(partial.comparison.table())
+        print(f"adaptive-exit: error: {partial}; the comparison of all of them is in {output_dir}", file=sys.stderr)
+        return 1
     print(comparison.table())
     print(f"\nComparison (comparison.csv, comparison.json, comparison.png) and models saved to {output_dir}")
     if not args.no_track:

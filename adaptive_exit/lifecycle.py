@@ -44,6 +44,11 @@ class RunInfo:
     state: dict[str, Any] = field(default_factory=dict)
 
 
+def error_line(exc: BaseException) -> str:
+    """The first line of an error's message, or its type's name if it has none."""
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
+
+
 @contextlib.contextmanager
 def lifecycle(run: RunInfo, active: bool = True) -> Iterator[dict[str, Any]]:
     """Call ``on_run_start`` now and ``on_run_end`` with FINISHED, FAILED (an exception) or KILLED (Ctrl-C or
@@ -63,7 +68,7 @@ def lifecycle(run: RunInfo, active: bool = True) -> Iterator[dict[str, Any]]:
         call_lifecycle("on_run_end", run=run, status="KILLED", output_dir=outcome["output_dir"], error=None)
         raise
     except BaseException as exc:
-        error = (str(exc).splitlines() or [type(exc).__name__])[0]
-        call_lifecycle("on_run_end", run=run, status="FAILED", output_dir=outcome["output_dir"], error=error)
+        call_lifecycle("on_run_end", run=run, status="FAILED", output_dir=outcome["output_dir"],
+                       error=error_line(exc))
         raise
     call_lifecycle("on_run_end", run=run, status="FINISHED", output_dir=outcome["output_dir"], error=None)

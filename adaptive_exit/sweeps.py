@@ -8,6 +8,7 @@ import io
 import itertools
 import json
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -17,7 +18,7 @@ import numpy as np
 from .config import RunConfig
 from .errors import UsageError
 from .evaluation import SPEEDUP_MARKS, EvaluationResult, unique_curve
-from .lifecycle import RunInfo, lifecycle
+from .lifecycle import RunInfo, error_line, lifecycle
 from .plugins import call_lifecycle
 
 
@@ -29,13 +30,23 @@ def expand_grid(values: dict[str, list[Any]]) -> list[dict[str, Any]]:
 
 @dataclass
 class ChildResult:
-    """One child run of a comparison: its configuration's name, seed, final sweep and output directory."""
+    """One child run of a comparison: its configuration's name, seed, final sweep and output directory, or
+    (``result`` None) the error that stopped it."""
 
     name: str
     group: str
     seed: int | None
-    result: EvaluationResult
+    result: EvaluationResult | None
     output_dir: str | None = None
+    error: str | None = None
+
+
+class PartialSweep(Exception):
+    """Some children of a sweep failed; ``comparison`` holds every child, the failed ones with their error."""
+
+    def __init__(self, message: str, comparison: "Comparison"):
+        super().__init__(message)
+        self.comparison = comparison
 
 
 def _mean_and_spread(values: list[float | None]) -> tuple[float | None, float | None]:
@@ -69,20 +80,33 @@ class Comparison:
     title: str = "comparison"
     name: str = ""
 
-    def groups(self) -> dict[str, list[ChildResult]]:
-        """Children by group, in the order the groups first appear."""
+    def groups(self, finished: bool = False) -> dict[str, list[ChildResult]]:
+        """Children by group, in the order the groups first appear; with ``finished``, only those with a result."""
         grouped: dict[str, list[ChildResult]] = {}
         for child in self.children:
-            grouped.setdefault(child.group, []).append(child)
+            if child.result is not None or not finished:
+                grouped.setdefault(child.group, []).append(child)
         return grouped
 
+    def failed(self) -> list[ChildResult]:
+        """The children that stopped with an error."""
+        return [c for c in self.children if c.result is None]
+
     def rows(self) -> list[dict[str, Any]]:
-        """One row per group: seeds, and the mean and spread (sample std) of AUC and of the metric at each mark."""
+        """One row per group: seeds, and the mean and spread (sample std) of AUC and of the metric at each mark
+        over the children that finished; a group's failures as ``failed`` (the first error in ``error``)."""
         name = self.metric_name
         rows = []
-        for group, children in self.groups().items():
+        finished = self.groups(finished=True)
+        for group, every in self.groups().items():
+            children = finished.get(group, [])
+            errors = [c.error for c in every if c.result is None]
             row: dict[str, Any] = {"configuration": group, "runs": len(children),
                                    "seeds": " ".join(str(c.seed) for c in children)}
+            failures = {"failed": len(errors), "error": errors[0] if errors else ""}
+            if not children:
+                rows.append({**row, **failures})
+                continue
             row["auc_mean"], row["auc_std"] = _mean_and_spread([c.result.auc for c in children])
             for mark in SPEEDUP_MARKS:
                 key = f"{mark:g}"
@@ -91,7 +115,7 @@ class Comparison:
             exits = len(children[0].result.per_exit_metric)
             for i in range(exits):
                 row[f"exit_{i + 1}_{name}_mean"] = _mean_and_spread([c.result.per_exit_metric[i] for c in children])[0]
-            rows.append(row)
+            rows.append({**row, **failures})
         return rows
 
     def to_dict(self) -> dict[str, Any]:
@@ -101,15 +125,17 @@ class Comparison:
             "metric_name": self.metric_name,
             "groups": self.rows(),
             "children": [{"name": c.name, "configuration": c.group, "seed": c.seed, "output_dir": c.output_dir,
-                          **c.result.to_dict()} for c in self.children],
+                          **(c.result.to_dict() if c.result is not None else {"error": c.error})}
+                         for c in self.children],
         }
 
     @classmethod
     def read(cls, path: str | Path, name: str = "") -> "Comparison":
         """A comparison back from the ``comparison.json`` that ``write`` made."""
         data = json.loads(Path(path).read_text())
-        children = [ChildResult(c["name"], c["configuration"], c["seed"], EvaluationResult.from_dict(c),
-                                c["output_dir"]) for c in data["children"]]
+        children = [ChildResult(c["name"], c["configuration"], c["seed"],
+                                None if "error" in c else EvaluationResult.from_dict(c), c["output_dir"], c.get("error"))
+                    for c in data["children"]]
         return cls(data["metric_name"], children, data["title"], name)
 
     def write(self, directory: str | Path) -> list[Path]:
@@ -118,7 +144,8 @@ class Comparison:
         directory.mkdir(parents=True, exist_ok=True)
         rows = self.rows()
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["configuration"])
+        fields = list(dict.fromkeys(key for row in rows for key in row)) or ["configuration"]
+        writer = csv.DictWriter(buffer, fieldnames=fields, restval="")
         writer.writeheader()
         writer.writerows(rows)
         csv_path = directory / "comparison.csv"
@@ -136,7 +163,7 @@ class Comparison:
         import matplotlib.pyplot as plt
 
         figure, axis = plt.subplots(figsize=(8, 5))
-        groups = self.groups()
+        groups = self.groups(finished=True)
         colors = plt.get_cmap("tab10" if len(groups) <= 10 else "tab20").colors
         for index, (group, children) in enumerate(groups.items()):
             grid, mean, low, high = mean_curve([c.result for c in children])
@@ -167,9 +194,12 @@ class Comparison:
         header = f"{'configuration':<{width}} runs  {'AUC':>15}" + "".join(f" {name + '@' + m + 'x':>15}" for m in marks)
         lines = [header]
         for row in self.rows():
-            cells = [cell(row["auc_mean"], row["auc_std"])]
-            cells += [cell(row[f"{name}_at_{m}x_mean"], row[f"{name}_at_{m}x_std"]) for m in marks]
-            lines.append(f"{row['configuration']:<{width}} {row['runs']:>4}  " + " ".join(f"{c:>15}" for c in cells))
+            if row["runs"]:
+                cells = [cell(row["auc_mean"], row["auc_std"])]
+                cells += [cell(row[f"{name}_at_{m}x_mean"], row[f"{name}_at_{m}x_std"]) for m in marks]
+                lines.append(f"{row['configuration']:<{width}} {row['runs']:>4}  " + " ".join(f"{c:>15}" for c in cells))
+            if row["failed"]:
+                lines.append(f"{row['configuration']:<{width}} {row['failed']:>4}  failed: {row['error']}")
         return "\n".join(lines)
 
 
@@ -194,18 +224,24 @@ def parent_run(command: str, experiment: str, config: dict[str, Any], output_dir
 
 
 def train_children(children: list[SweepChild], parent: RunInfo, title: str = "comparison") -> Comparison:
-    """Train every child as a child run of ``parent``; the comparison of their final evaluation sweeps."""
+    """Train every child as a child run of ``parent``; the comparison of their final evaluation sweeps. A child
+    that fails (its run FAILED) is recorded with its error and the others still train; Ctrl-C stops them all."""
     from .training import train
 
-    comparison: Comparison | None = None
-    for child in children:
-        result, child_dir = train(child.config, parent=parent, run_name=child.name)
-        if comparison is None:
-            comparison = Comparison(result.metric_name, title=title)
-        comparison.children.append(ChildResult(child.name, child.group, child.config.train.seed, result, child_dir))
-    if comparison is None:
+    if not children:
         raise UsageError("the sweep has no configurations to train")
-    return comparison
+    outcomes = []
+    for child in children:
+        seed = child.config.train.seed
+        try:
+            result, child_dir = train(child.config, parent=parent, run_name=child.name)
+        except Exception as exc:
+            print(f"sweep: {child.name} failed: {error_line(exc)}", file=sys.stderr)
+            outcomes.append(ChildResult(child.name, child.group, seed, None, child.config.output_dir, error_line(exc)))
+            continue
+        outcomes.append(ChildResult(child.name, child.group, seed, result, child_dir))
+    metric = next((c.result.metric_name for c in outcomes if c.result is not None), "metric")
+    return Comparison(metric, outcomes, title=title)
 
 
 def publish(comparison: Comparison, directory: str | Path, parent: RunInfo) -> list[Path]:
@@ -219,11 +255,16 @@ def run_sweep(children: list[SweepChild], experiment: str, output_dir: str, trac
               grid: dict[str, list[Any]] | None = None, title: str = "sweep") -> Comparison:
     """Train every child as a child run of one parent run; write and log the comparison.
 
-    The comparison files go to ``output_dir`` and, through ``on_sweep_end``, to the trackers. An
-    interrupt or failure ends the running child and the parent KILLED or FAILED; finished children stay.
+    The comparison files go to ``output_dir`` and, through ``on_sweep_end``, to the trackers. A child that
+    fails is a row with its error, and the others go on; then the parent ends FAILED and ``PartialSweep``
+    is raised. An interrupt ends the running child and the parent KILLED; finished children stay.
     """
     config = {"grid": grid or {}, "children": [c.name for c in children]}
     with parent_run("sweep", experiment, config, output_dir, tracking, title) as parent:
         comparison = train_children(children, parent, title)
         publish(comparison, output_dir, parent)
+        failed = comparison.failed()
+        if failed:
+            raise PartialSweep(f"{len(failed)} of {len(children)} configurations failed (" +
+                               "; ".join(f"{c.name}: {c.error}" for c in failed) + ")", comparison)
     return comparison

@@ -84,3 +84,24 @@ def test_sweep_option_of_no_chosen_plugin_is_an_error(cli):
     assert done.returncode == 2
     assert done.stderr.strip() == ("adaptive-exit: error: --beta0 applies to none of the sweep's signals and "
                                    "weightings")
+
+
+def test_a_failing_child_does_not_stop_the_sweep(cli, tmp_path):
+    done = cli("sweep", *TINY, "--num-layers", "9,1", "--max-train-samples", "16", "--max-eval-samples", "16",
+               "--output-dir", "sweep")
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    failed = [line for line in done.stdout.splitlines() if line.startswith("num_layers=9")]
+    assert len(failed) == 1 and "failed: --num-layers 9 is more than the 6 layers" in failed[0]
+    assert done.stderr.strip().splitlines()[-1].startswith("adaptive-exit: error: 1 of 2 configurations failed")
+    table = json.loads((tmp_path / "sweep" / "comparison.json").read_text())
+    assert [(g["configuration"], g["runs"], g["failed"]) for g in table["groups"]] == [
+        ("num_layers=9", 0, 1), ("num_layers=1", 1, 0)]
+    assert (tmp_path / "sweep" / "num_layers=1" / "adaptive_exit.json").is_file()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["movie-reviews"]).set_index("tags.mlflow.runName")
+    assert runs.loc["num_layers=9", "status"] == "FAILED"
+    assert runs.loc["num_layers=9", "tags.adaptive_exit.error"].startswith("--num-layers 9 is more than")
+    assert runs.loc["num_layers=1", "status"] == "FINISHED"
+    parent = runs[runs["tags.adaptive_exit.command"] == "sweep"].iloc[0]
+    assert parent.status == "FAILED" and parent["tags.adaptive_exit.error"].startswith("1 of 2 configurations")
