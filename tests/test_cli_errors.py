@@ -37,6 +37,11 @@ def test_invalid_flag_value_names_the_field(cli):
     assert_usage_error(cli("train", "--lr", "-1"), "train.lr", "greater than 0")
 
 
+@pytest.mark.parametrize("value", ["inf", "nan"])
+def test_non_finite_learning_rate(cli, value):
+    assert_usage_error(cli("train", "--head-lr", value), "train.head_lr", "finite number")
+
+
 def test_invalid_yaml_value_names_the_field(cli, tmp_path):
     (tmp_path / "run.yaml").write_text("train:\n  epochs: zero\n")
     assert_usage_error(cli("train", "--config", "run.yaml"), "train.epochs")
