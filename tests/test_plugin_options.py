@@ -133,10 +133,10 @@ def test_sweep_takes_plugin_options(test_plugins, tmp_path):
     options = {child.name: (child.config.signal.options, child.config.weighting.options["beta0"])
                for child in children}
     assert options == {
-        "weighting=cosee signal=windowed beta0=1": ({"windows": [1], "floor": 0.5, "temperature": 3.0}, 1.0),
-        "weighting=cosee signal=windowed beta0=10": ({"windows": [1], "floor": 0.5, "temperature": 3.0}, 10.0),
-        "weighting=cosee signal=entropy beta0=1": ({"temperature": 3.0}, 1.0),
-        "weighting=cosee signal=entropy beta0=10": ({"temperature": 3.0}, 10.0),
+        "signal=windowed beta0=1": ({"windows": [1], "floor": 0.5, "temperature": 3.0}, 1.0),
+        "signal=windowed beta0=10": ({"windows": [1], "floor": 0.5, "temperature": 3.0}, 10.0),
+        "signal=entropy beta0=1": ({"temperature": 3.0}, 1.0),
+        "signal=entropy beta0=10": ({"temperature": 3.0}, 10.0),
     }
 
 
