@@ -216,6 +216,17 @@ class ForgetfulPatience(Patience):
     uses_history = False
 
 
+class PeekAhead(MaxProb):
+    """Scores exit i by exit i + 1's confidence: looks at an exit that early exit has not run yet."""
+
+    name = "peek-ahead"
+    uses_history = True
+
+    def score(self, outputs):
+        scores = super().score(outputs)
+        return torch.cat([scores[1:], scores[-1:]])
+
+
 class BareTensor(Weighting):
     """Returns the loss tensor itself."""
 
@@ -304,16 +315,18 @@ def test_weighting_loss_is_checked(weighting, problem, register, offline, capsys
     usage_error(code, err, f"weighting '{weighting}' of plugin 'contract-test'", problem)
 
 
-def test_check_signal_catches_a_wrong_uses_history(register, trained_model, offline, capsys):
-    register(signals=(ForgetfulPatience,))
+def test_evaluate_check_signal_catches_a_peeking_signal(register, trained_model, offline, capsys):
+    # with 2 exits only exit 1's score is consulted, where every history is the same: a wrong uses_history cannot
+    # show here (check_signal's 4-exit model catches it), a score that reads exit 2 does
+    register(signals=(PeekAhead,))
     code, _, err = run(capsys, "evaluate", str(trained_model), "--signal", "patience", "--no-track",
                        "--max-eval-samples", "32", "--check-signal")
     assert code == 0, err
     assert "early-exit check passed: real early exit agrees with the sweep for all 32 samples" in err
-    code, _, err = run(capsys, "evaluate", str(trained_model), "--signal", "forgetful-patience", "--no-track",
+    code, _, err = run(capsys, "evaluate", str(trained_model), "--signal", "peek-ahead", "--no-track",
                        "--max-eval-samples", "32", "--check-signal")
-    usage_error(code, err, "signal 'forgetful-patience' of plugin 'contract-test'", "fails the early-exit check",
-                "uses_history = False")
+    usage_error(code, err, "signal 'peek-ahead' of plugin 'contract-test'", "fails the early-exit check",
+                "leave at another layer in real early exit than in the simulation")
 
 
 # --- adaptive_exit.testing.check_signal ---------------------------------------------------------------------------
@@ -323,17 +336,6 @@ def test_check_signal_passes_for_built_in_and_baseline_signals(name):
     from adaptive_exit.plugins import registry
 
     check_signal(registry("signals")[name].cls)
-
-
-class PeekAhead(MaxProb):
-    """Scores exit i by exit i + 1's confidence: looks at an exit that early exit has not run yet."""
-
-    name = "peek-ahead"
-    uses_history = True
-
-    def score(self, outputs):
-        scores = super().score(outputs)
-        return torch.cat([scores[1:], scores[-1:]])
 
 
 def test_check_signal_fails_for_a_peeking_signal():
