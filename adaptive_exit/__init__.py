@@ -1,6 +1,6 @@
 """adaptive-exit: early-exit transformer encoders with pluggable signals, weightings, backbones and datasets.
 
-This module is the public API that plugins use.
+This module is the public API that plugins use; ``adaptive_exit.testing`` holds checks for plugins' own tests.
 """
 
 from .backbones import Backbone, Encoder

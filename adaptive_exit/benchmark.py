@@ -58,14 +58,16 @@ def _flops_ratio(model: MultiExitModel, lengths: torch.Tensor, exit_index: torch
 @torch.inference_mode()
 def benchmark_model_dir(model_dir: str, threshold: float | None = None, batch_sizes: tuple[int, ...] = (1, 32),
                         repeats: int = 5, max_samples: int | None = None, split: str = "validation",
-                        signal: str | None = None, precision: str = "auto") -> dict[str, Any]:
-    """Time the full model and early exit on the same tokenized inputs, interleaved, median of ``repeats``."""
+                        signal: str | None = None, signal_options: dict[str, Any] | None = None,
+                        precision: str = "auto") -> dict[str, Any]:
+    """Time the full model and early exit on the same tokenized inputs, interleaved, median of ``repeats``;
+    ``signal_options`` go over the options the model keeps for its signal."""
     if repeats < 1 or any(b < 1 for b in batch_sizes):
         raise UsageError("--repeats and every batch size must be at least 1")
     runs_in = Precision(precision, default_device())
     device = runs_in.device
     model = MultiExitModel.from_pretrained(model_dir).to(device)
-    signal_obj = model_signal(model, signal).to(device)
+    signal_obj = model_signal(model, signal, signal_options).to(device)
     if threshold is None:
         threshold = stored_threshold(model, signal_obj.name)
     from .config import DataConfig

@@ -36,9 +36,12 @@ def calibration_record(result: EvaluationResult, point: CurvePoint, split: str, 
 
 
 def calibrate_model_dir(model_dir: str, target_speedup: float | None = None, max_drop: float | None = None,
-                        signal: str | None = None, dataset: str | None = None, split: str = "validation",
-                        max_samples: int | None = None, track: bool = True, precision: str = "auto") -> dict[str, Any]:
-    """Pick a threshold on ``split`` and store it in the model directory; returns what was stored."""
+                        signal: str | None = None, signal_options: dict[str, Any] | None = None,
+                        dataset: str | None = None, split: str = "validation", max_samples: int | None = None,
+                        track: bool = True, precision: str = "auto") -> dict[str, Any]:
+    """Pick a threshold on ``split`` and store it in the model directory; returns what was stored.
+
+    ``signal_options`` go over the options the model keeps for its signal."""
     if target_speedup is not None and target_speedup < 1.0:
         raise UsageError(f"--target-speedup must be at least 1 (got {target_speedup:g})")
     if max_drop is not None and max_drop < 0:
@@ -52,6 +55,6 @@ def calibrate_model_dir(model_dir: str, target_speedup: float | None = None, max
                             calibrated_metric=point.metric)
         update_model_config(model_dir, "calibration", stored)
 
-    evaluate_model_dir(model_dir, signal=signal, dataset=dataset, split=split, max_samples=max_samples, track=track,
-                       command="calibrate", finish=finish, precision=precision)
+    evaluate_model_dir(model_dir, signal=signal, signal_options=signal_options, dataset=dataset, split=split,
+                       max_samples=max_samples, track=track, command="calibrate", finish=finish, precision=precision)
     return stored

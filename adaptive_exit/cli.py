@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
+from .config import flag_name, option_from_text
 from .errors import UsageError
 from .lifecycle import Terminated, terminate_on_sigterm
 
@@ -18,11 +19,13 @@ if TYPE_CHECKING:
     from .sweeps import SweepChild
 
 CONFIG_SECTIONS = ("model", "data", "train")
+SIGNAL_COMMANDS = ("train", "sweep", "evaluate", "calibrate", "predict", "benchmark")  # they take plugin options
+DEBUG_HELP = "show the traceback behind an error (also: ADAPTIVE_EXIT_DEBUG=1)"
 MLFLOW_UI_HINT = "Compare runs: run `mlflow ui` in this directory and open http://127.0.0.1:5000"
 
 
-def _flag(field: str) -> str:
-    return "--" + field.replace("_", "-")
+SECTIONS = {"signals": "signal", "weightings": "weighting"}
+KIND_OF = {section: kind for kind, section in SECTIONS.items()}
 
 
 def _plugin_options() -> dict[str, list[tuple[str, str, Any]]]:
@@ -30,36 +33,115 @@ def _plugin_options() -> dict[str, list[tuple[str, str, Any]]]:
     from .plugins import registry
 
     options: dict[str, list[tuple[str, str, Any]]] = {}
-    for kind in ("signals", "weightings"):
+    for kind in SECTIONS:
         for name, entry in registry(kind).items():
             for field, info in entry.cls.Options.model_fields.items():
                 options.setdefault(field, []).append((kind, name, info))
     return options
 
 
-def _add_plugin_option_flags(parser: argparse.ArgumentParser, reserved: set[str], kinds: tuple[str, ...]) -> None:
-    group = parser.add_argument_group("plugin options (each applies to the signal or weighting that declares it)")
+def _shown_default(info: Any) -> str:
+    """A field's default as its flag takes it ('required' where there is none)."""
+    if info.is_required():
+        return "required"
+    default = info.get_default(call_default_factory=True)
+    if default is None:
+        return "default none"
+    if isinstance(default, (list, tuple, set, frozenset)):
+        return "default " + (",".join(str(item) for item in default) or "empty")
+    return f"default {default}"
+
+
+def _add_option_flag(group: Any, flag: str, dest: str, owners: list[tuple[str, str, Any]], help_text: str) -> None:
+    if all(info.annotation is bool for _, _, info in owners):
+        group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                           help=help_text)
+    else:
+        group.add_argument(flag, dest=dest, default=argparse.SUPPRESS, metavar="VALUE", help=help_text)
+
+
+def _add_plugin_option_flags(parser: argparse.ArgumentParser, kinds: tuple[str, ...]) -> None:
+    """A flag per option field of the registered signals and weightings (``--NAME``; those of no plugin of ``kinds``
+    hidden from the help, so that they get the same error as any option of a plugin that is not chosen), and the
+    qualified forms ``--signal.NAME`` / ``--weighting.NAME`` for ``kinds``, which name the plugin it goes to."""
+    if len(kinds) > 1:
+        qualified = ("--signal.NAME or --weighting.NAME names the plugin (needed where the chosen signal and "
+                     "weighting both declare NAME)")
+    else:
+        qualified = f"--{SECTIONS[kinds[0]]}.NAME is the same flag"
+    group = parser.add_argument_group(
+        "plugin options", f"Each applies to the chosen {' or '.join(SECTIONS[kind] for kind in kinds)} that "
+                          f"declares it; {qualified}. A list option takes comma-separated values, an optional one "
+                          f"'none'.")
     for field, owners in sorted(_plugin_options().items()):
-        owners = [o for o in owners if o[0] in kinds]
-        if not owners:
+        by_default: dict[str, dict[str, list[str]]] = {}
+        for kind, name, info in owners:
+            if kind in kinds:
+                by_default.setdefault(_shown_default(info), {}).setdefault(kind, []).append(name)
+        declared = "; ".join(", ".join(f"{SECTIONS[kind]} {', '.join(names)}" for kind, names in by_kind.items())
+                             + f": {default}" for default, by_kind in by_default.items())
+        shown = [info for kind, _, info in owners if kind in kinds]
+        help_text = f"{shown[0].description or field} [{declared}]" if shown else argparse.SUPPRESS
+        _add_option_flag(group, flag_name(field), f"option:{field}", owners, help_text)
+        for kind in kinds:
+            mine = [owner for owner in owners if owner[0] == kind]
+            if mine:
+                _add_option_flag(group, f"--{SECTIONS[kind]}.{field.replace('_', '-')}",
+                                 f"option:{SECTIONS[kind]}:{field}", mine, argparse.SUPPRESS)
+
+
+def _option_flag(key: str) -> str:
+    """The flag behind an ``option:...`` key: ``--temperature`` or ``--signal.temperature``."""
+    *section, field = key.split(":")[1:]
+    return "--" + ".".join([*section, field.replace("_", "-")])
+
+
+def _option_label(key: str) -> str:
+    """How a sweep names an option key: ``temperature`` or ``signal.temperature``."""
+    return ".".join(key.split(":")[1:])
+
+
+def _option_targets(key: str, chosen: dict[str, str]) -> list[str]:
+    """The sections ('signal', 'weighting') among ``chosen`` whose plugin declares the option of ``key``."""
+    from .plugins import lookup
+
+    *section, field = key.split(":")[1:]
+    sections = [name for name in section if name in chosen] if section else list(chosen)
+    return [name for name in sections if field in lookup(KIND_OF[name], chosen[name]).cls.Options.model_fields]
+
+
+def route_options(values: dict[str, Any], chosen: dict[str, str]) -> tuple[dict[str, dict[str, Any]],
+                                                                            dict[str, dict[str, str]]]:
+    """The plugin options given as flags, put to the chosen plugins (``chosen``: section -> plugin name).
+
+    Returns, per section, the options as pydantic takes them (``option_from_text``) and the flag that gave each;
+    a UsageError for a flag that no chosen plugin declares, or that both the chosen signal and weighting declare.
+    """
+    from .plugins import lookup
+
+    options: dict[str, dict[str, Any]] = {section: {} for section in chosen}
+    flags: dict[str, dict[str, str]] = {section: {} for section in chosen}
+    for key, value in values.items():
+        if not key.startswith("option:"):
             continue
-        if field in reserved:
-            raise UsageError(f"{owners[0][0][:-1]} '{owners[0][1]}' declares option '{field}', which clashes with "
-                             f"the built-in flag {_flag(field)}; rename the option")
-        info = owners[0][2]
-        declared_by = ", ".join(f"{kind[:-1]} {name}" for kind, name, _ in owners)
-        help_text = f"{info.description or field} [{declared_by}; default {info.default}]"
-        if info.annotation is bool:
-            group.add_argument(_flag(field), dest=f"option:{field}", action=argparse.BooleanOptionalAction,
-                               default=argparse.SUPPRESS, help=help_text)
-        else:
-            group.add_argument(_flag(field), dest=f"option:{field}", default=argparse.SUPPRESS, metavar="VALUE",
-                               help=help_text)
-
-
-def _dests(parser: argparse.ArgumentParser) -> set[str]:
-    """Field names the parser's own flags already use (a plugin option must not reuse one)."""
-    return {action.dest.rsplit(".", 1)[-1] for action in parser._actions}
+        *qualifier, field = key.split(":")[1:]
+        targets = _option_targets(key, chosen)
+        if not targets:
+            others = ", ".join(f"{SECTIONS[kind]} '{name}'" for kind, name, _ in
+                               _plugin_options().get(field, [])
+                               if not qualifier or SECTIONS[kind] in qualifier)
+            described = " or ".join(f"{section} '{name}'" for section, name in chosen.items()
+                                    if not qualifier or section in qualifier)
+            raise UsageError(f"{_option_flag(key)} is an option of {others}, not of the chosen {described}")
+        if len(targets) > 1:
+            raise UsageError(f"{_option_flag(key)} is an option of both the chosen signal '{chosen['signal']}' and "
+                             f"weighting '{chosen['weighting']}'; use --signal.{field.replace('_', '-')} or "
+                             f"--weighting.{field.replace('_', '-')}")
+        section = targets[0]
+        info = lookup(KIND_OF[section], chosen[section]).cls.Options.model_fields[field]
+        options[section][field] = option_from_text(value, info.annotation) if isinstance(value, str) else value
+        flags[section][field] = _option_flag(key)
+    return options, flags
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -70,32 +152,11 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         for field, info in model.model_fields.items():
             help_text = f"{info.description} (default: {info.default})"
             if info.annotation is bool:
-                group.add_argument(_flag(field), dest=f"{section}.{field}", default=argparse.SUPPRESS,
+                group.add_argument(flag_name(field), dest=f"{section}.{field}", default=argparse.SUPPRESS,
                                    action=argparse.BooleanOptionalAction, help=help_text)
             else:
-                group.add_argument(_flag(field), dest=f"{section}.{field}", default=argparse.SUPPRESS,
+                group.add_argument(flag_name(field), dest=f"{section}.{field}", default=argparse.SUPPRESS,
                                    metavar="VALUE", help=help_text)
-
-
-def _route_options(args: dict[str, Any], config: dict[str, Any]) -> None:
-    """Put each given plugin option into the options of the chosen signal or weighting that declares it."""
-    from .plugins import lookup
-
-    chosen = {"signals": config["signal"]["name"], "weightings": config["weighting"]["name"]}
-    declared = {kind: lookup(kind, name).cls.Options.model_fields for kind, name in chosen.items()}
-    owners = _plugin_options()
-    for key, value in args.items():
-        if not key.startswith("option:"):
-            continue
-        field = key.split(":", 1)[1]
-        targets = [kind for kind in chosen if field in declared[kind]]
-        if not targets:
-            others = ", ".join(f"{kind[:-1]} '{name}'" for kind, name, _ in owners.get(field, []))
-            raise UsageError(f"{_flag(field)} is an option of {others}, not of the chosen signal "
-                             f"'{chosen['signals']}' or weighting '{chosen['weightings']}'")
-        for kind in targets:
-            section = "signal" if kind == "signals" else "weighting"
-            config[section].setdefault("options", {})[field] = value
 
 
 def build_run_config(args: argparse.Namespace) -> Any:
@@ -120,8 +181,24 @@ def build_run_config(args: argparse.Namespace) -> Any:
     if values.get("no_track"):
         config.setdefault("tracking", {})["enabled"] = False
     if isinstance(config.get("signal"), dict) and isinstance(config.get("weighting"), dict):
-        _route_options(values, config)
+        _put_options(values, config)
     return build_config(config)
+
+
+def _put_options(values: dict[str, Any], config: dict[str, Any]) -> None:
+    """Put the plugin options given as flags into the config's signal and weighting, checked against them."""
+    from .config import validate_options
+    from .plugins import lookup
+
+    chosen = {section: config[section]["name"] for section in SECTIONS.values()}
+    options, flags = route_options(values, chosen)
+    for section, given in options.items():
+        merged = config[section].setdefault("options", {})
+        if not isinstance(merged, dict):
+            return  # build_config names the malformed section
+        merged.update(given)
+        config[section]["options"] = validate_options(lookup(KIND_OF[section], chosen[section]).cls.Options, merged,
+                                                      f"{section}.options", flags[section]).model_dump()
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -137,14 +214,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _declared_options(signal: str, weighting: str) -> set[str]:
-    """The option fields that the named signal and weighting declare."""
-    from .plugins import lookup
-
-    return set(lookup("signals", signal).cls.Options.model_fields) | set(
-        lookup("weightings", weighting).cls.Options.model_fields)
-
-
 def sweep_children(args: argparse.Namespace) -> tuple[list[SweepChild], dict[str, list[str]], str, str]:
     """The sweep's child configurations (duplicates removed), its grid by field name, experiment and output directory."""
     import datetime
@@ -158,7 +227,7 @@ def sweep_children(args: argparse.Namespace) -> tuple[list[SweepChild], dict[str
             if isinstance(value, str) and "," in value
             and (key in ("signal", "weighting") or "." in key or key.startswith("option:"))}
     grid = dict(sorted(grid.items(), key=lambda item: {"weighting": 0, "signal": 1}.get(item[0], 2)))
-    label = {key: key.split(":", 1)[1] if ":" in key else key.rsplit(".", 1)[-1] for key in grid}
+    label = {key: _option_label(key) if key.startswith("option:") else key.rsplit(".", 1)[-1] for key in grid}
     first = {**values, **{k: v[0] for k, v in grid.items()}}
     base = build_run_config(argparse.Namespace(**{k: v for k, v in first.items() if not k.startswith("option:")}))
     experiment = values.get("experiment") or base.tracking.experiment or (
@@ -170,10 +239,10 @@ def sweep_children(args: argparse.Namespace) -> tuple[list[SweepChild], dict[str
     children, seen, used = [], set(), set()
     for combo in expand_grid(grid):
         chosen = {**values, **combo}
-        declared = _declared_options(chosen.get("signal") or base.signal.name,
-                                     chosen.get("weighting") or base.weighting.name)
-        applies = {k: v for k, v in combo.items() if not k.startswith("option:") or label[k] in declared}
-        chosen = {k: v for k, v in chosen.items() if not k.startswith("option:") or k.split(":", 1)[1] in declared}
+        plugins = {"signal": chosen.get("signal") or base.signal.name,
+                   "weighting": chosen.get("weighting") or base.weighting.name}
+        applies = {k: v for k, v in combo.items() if not k.startswith("option:") or _option_targets(k, plugins)}
+        chosen = {k: v for k, v in chosen.items() if not k.startswith("option:") or _option_targets(k, plugins)}
         used |= {k for k in chosen if k.startswith("option:")}
         name = " ".join(f"{label[k]}={v}" for k, v in applies.items()) or "base"
         group = " ".join(f"{label[k]}={v}" for k, v in applies.items() if k != "train.seed") or "base"
@@ -184,7 +253,7 @@ def sweep_children(args: argparse.Namespace) -> tuple[list[SweepChild], dict[str
         if key not in seen:
             seen.add(key)
             children.append(SweepChild(name, group, config))
-    unused = sorted(_flag(k.split(":", 1)[1]) for k in values if k.startswith("option:") and k not in used)
+    unused = sorted(_option_flag(k) for k in values if k.startswith("option:") and k not in used)
     if unused:
         raise UsageError(f"{', '.join(unused)} applies to none of the sweep's signals and weightings")
     return children, {label[key]: value for key, value in grid.items()}, experiment, output_dir
@@ -209,13 +278,31 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _saved_model_signal_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The signal options given as flags to a command on a saved model, checked against the signal it will use
+    (``--signal``, else the model's) together with the options the model keeps for it."""
+    from .config import validate_options
+    from .model import chosen_signal_options, read_model_config
+    from .plugins import lookup
+
+    trained = read_model_config(args.model_dir)["signal"]
+    name = args.signal or trained["name"]
+    options, flags = route_options(vars(args), {"signal": name})
+    validate_options(lookup("signals", name).cls.Options, chosen_signal_options(trained, name, options["signal"]),
+                     "signal.options", flags["signal"])
+    return options["signal"]
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate_model_dir
 
-    options = {k.split(":", 1)[1]: v for k, v in vars(args).items() if k.startswith("option:")}
-    result = evaluate_model_dir(args.model_dir, signal=args.signal, signal_options=options, dataset=args.dataset,
-                                split=args.split, thresholds=args.thresholds, max_samples=args.max_eval_samples,
-                                batch_size=args.batch_size, track=not args.no_track, precision=args.precision)
+    result = evaluate_model_dir(args.model_dir, signal=args.signal, signal_options=_saved_model_signal_options(args),
+                                dataset=args.dataset, split=args.split, thresholds=args.thresholds,
+                                max_samples=args.max_eval_samples, batch_size=args.batch_size,
+                                track=not args.no_track, precision=args.precision, check_signal=args.check_signal)
+    if args.check_signal:
+        print(f"adaptive-exit: early-exit check passed: real early exit agrees with the sweep for all "
+              f"{result.num_samples} samples", file=sys.stderr)
     print(json.dumps(result.to_dict(), indent=2) if args.json else result.table())
     return 0
 
@@ -224,9 +311,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from .calibration import calibrate_model_dir
 
     stored = calibrate_model_dir(args.model_dir, target_speedup=args.target_speedup, max_drop=args.max_drop,
-                                 signal=args.signal, dataset=args.dataset, split=args.split,
-                                 max_samples=args.max_eval_samples, track=not args.no_track,
-                                 precision=args.precision)
+                                 signal=args.signal, signal_options=_saved_model_signal_options(args),
+                                 dataset=args.dataset, split=args.split, max_samples=args.max_eval_samples,
+                                 track=not args.no_track, precision=args.precision)
     if args.json:
         print(json.dumps(stored, indent=2))
     else:
@@ -257,10 +344,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .model import MultiExitModel
     from .precision import default_device
 
+    options = _saved_model_signal_options(args)
     texts = _read_inputs(args.input)
     model = MultiExitModel.from_pretrained(args.model_dir).to(default_device())
     answers = model.predict(texts, threshold=args.threshold, batch_size=args.batch_size, signal=args.signal,
-                            precision=args.precision)
+                            signal_options=options, precision=args.precision)
     output = sys.stdout if args.output == "-" else open(args.output, "w")
     try:
         for answer in answers:
@@ -276,7 +364,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
     report = benchmark_model_dir(args.model_dir, threshold=args.threshold, batch_sizes=tuple(args.batch_sizes),
                                  repeats=args.repeats, max_samples=args.max_eval_samples, split=args.split,
-                                 signal=args.signal, precision=args.precision)
+                                 signal=args.signal, signal_options=_saved_model_signal_options(args),
+                                 precision=args.precision)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 
@@ -292,18 +381,26 @@ def cmd_benchmark_train(args: argparse.Namespace) -> int:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    from .plugins import KINDS, registry
+    from .plugins import KINDS, scan, source
 
-    listing = {kind: [{"name": e.name, "plugin": e.plugin, "version": e.version,
-                       "description": (e.cls.__doc__ or "").strip().splitlines()[0] if e.cls.__doc__ else ""}
-                      for e in registry(kind).values()] for kind in KINDS}
+    found = scan()
+    listing: dict[str, list[dict[str, str]]] = {
+        kind: [{"name": e.name, "plugin": e.plugin, "version": e.version,
+                "description": (e.cls.__doc__ or "").strip().splitlines()[0] if e.cls.__doc__ else ""}
+               for e in found.registries[kind].values()] for kind in KINDS}
+    listing["broken"] = [{"plugin": b.plugin, "distribution": b.distribution, "version": b.version,
+                          "problem": b.problem} for b in found.broken]
     if args.json:
         print(json.dumps(listing, indent=2))
         return 0
-    for kind, items in listing.items():
+    for kind in KINDS:
         print(f"{kind}:")
-        for item in items:
+        for item in listing[kind]:
             print(f"  {item['name']:<20} {item['plugin']} {item['version']}  {item['description']}")
+    if found.broken:
+        print("broken:")
+        for broken in found.broken:
+            print(f"  {broken.plugin} ({source(broken.distribution, broken.version)}): {broken.problem}")
     return 0
 
 
@@ -329,7 +426,7 @@ def _add_saved_model_args(parser: argparse.ArgumentParser, json_help: str, datas
         parser.add_argument("--no-track", action="store_true", help="do not log to MLflow")
 
 
-def _add_train_arguments(parser: argparse.ArgumentParser, with_plugin_options: bool) -> None:
+def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `train` (and of `sweep`, where each may hold a comma-separated list)."""
     parser.add_argument("--config", metavar="FILE", help="YAML file with sections model, data, train, signal, "
                                                           "weighting, tracking, output_dir; flags override it")
@@ -340,8 +437,6 @@ def _add_train_arguments(parser: argparse.ArgumentParser, with_plugin_options: b
     parser.add_argument("--experiment", help="MLflow experiment (default: the dataset name)")
     parser.add_argument("--no-track", action="store_true", help="do not log to MLflow")
     _add_config_flags(parser)
-    if with_plugin_options:
-        _add_plugin_option_flags(parser, _dests(parser), ("signals", "weightings"))
 
 
 def make_parser(argv: list[str]) -> argparse.ArgumentParser:
@@ -350,13 +445,14 @@ def make_parser(argv: list[str]) -> argparse.ArgumentParser:
         prog="adaptive-exit",
         description="Train and evaluate early-exit transformer encoders. Signals, weightings, backbones and "
                     "datasets are plugins: `adaptive-exit plugins` lists them.")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     command = next((a for a in argv if not a.startswith("-")), None)
 
     train = sub.add_parser("train", help="train a multi-exit model, evaluate it, save it, log it to MLflow",
                            description="Train a multi-exit model, run the threshold sweep on the evaluation split, "
                                        "save the model to --output-dir and log everything to MLflow.")
-    _add_train_arguments(train, command == "train")
+    _add_train_arguments(train)
     train.set_defaults(func=cmd_train)
 
     sweep = sub.add_parser("sweep", help="train a grid of configurations as child runs of one MLflow parent run",
@@ -366,7 +462,7 @@ def make_parser(argv: list[str]) -> argparse.ArgumentParser:
                                        "the comparison: a table (comparison.csv, comparison.json) and one plot of "
                                        "every configuration's curve, averaged over seeds. A plugin option applies "
                                        "only to the children whose signal or weighting declares it.")
-    _add_train_arguments(sweep, command == "sweep")
+    _add_train_arguments(sweep)
     sweep.set_defaults(func=cmd_sweep)
 
     evaluate = sub.add_parser("evaluate", help="threshold sweep of a saved model",
@@ -376,8 +472,9 @@ def make_parser(argv: list[str]) -> argparse.ArgumentParser:
     evaluate.add_argument("--thresholds", type=float, nargs="+", metavar="T",
                           help="thresholds to sweep (default: a grid over the signal's observed range)")
     evaluate.add_argument("--batch-size", type=int, default=64, help="batch size (default: 64)")
-    if command == "evaluate":
-        _add_plugin_option_flags(evaluate, _dests(evaluate), ("signals",))
+    evaluate.add_argument("--check-signal", action="store_true",
+                          help="also run real early exit at some of the sweep's thresholds and fail, naming the "
+                               "signal, if any sample leaves at another layer than the sweep says")
     evaluate.set_defaults(func=cmd_evaluate)
 
     calibrate = sub.add_parser("calibrate", help="pick and store the threshold for a target speed-up or metric drop",
@@ -430,9 +527,17 @@ def make_parser(argv: list[str]) -> argparse.ArgumentParser:
     bench_train.add_argument("--json", action="store_true", help="print the report as JSON")
     bench_train.set_defaults(func=cmd_benchmark_train)
 
-    plugins = sub.add_parser("plugins", help="list signals, weightings, backbones and datasets with their plugins")
-    plugins.add_argument("--json", action="store_true", help='print {"signals": [...], "weightings": [...], ...}')
+    plugins = sub.add_parser("plugins", help="list signals, weightings, backbones and datasets with their plugins, "
+                                             "and the broken plugins")
+    plugins.add_argument("--json", action="store_true",
+                         help='print {"signals": [...], "weightings": [...], ..., "broken": [...]}')
     plugins.set_defaults(func=cmd_plugins)
+
+    for name, subparser in sub.choices.items():
+        subparser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
+        if command == name and name in SIGNAL_COMMANDS:
+            kinds = ("signals", "weightings") if name in ("train", "sweep") else ("signals",)
+            _add_plugin_option_flags(subparser, kinds)
     return parser
 
 
@@ -451,13 +556,19 @@ def quiet_libraries() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``adaptive-exit`` command; returns the exit code."""
+    import os
+    import traceback
+
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("ADAPTIVE_EXIT_DEBUG") == "1"
     quiet_libraries()
     terminate_on_sigterm()
     try:
         args = make_parser(argv).parse_args(argv)
         return args.func(args)
     except UsageError as exc:
+        if debug:
+            traceback.print_exception(exc)
         print(f"adaptive-exit: error: {exc}", file=sys.stderr)
         return 2
     except Terminated:

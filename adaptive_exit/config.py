@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import types
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -80,10 +82,60 @@ class RunConfig(_Strict):
     output_dir: str | None = Field(None, description="where the trained model goes (default: outputs/<run>)")
 
 
-def describe_validation_error(error: ValidationError, prefix: str = "") -> str:
-    """One line naming the first invalid field and why."""
+# the flags of the commands beside the config sections' fields; a plugin option must not take one of these names
+COMMAND_FLAGS = frozenset({
+    "config", "signal", "weighting", "output_dir", "experiment", "no_track", "model_dir", "dataset", "split",
+    "max_eval_samples", "json", "precision", "thresholds", "batch_size", "check_signal", "target_speedup",
+    "max_drop", "input", "output", "threshold", "batch_sizes", "repeats", "debug", "help",
+})
+
+
+def flag_name(field: str) -> str:
+    """The command-line flag of a field: ``num_steps`` -> ``--num-steps``."""
+    return "--" + field.replace("_", "-")
+
+
+def reserved_flag(field: str, annotation: Any) -> str | None:
+    """The built-in flag that a plugin option named ``field`` would clash with, or None.
+
+    A ``bool`` option also makes ``--no-FIELD``, so ``track`` clashes with ``--no-track``.
+    """
+    reserved = COMMAND_FLAGS | {name for section in (ModelConfig, DataConfig, TrainConfig)
+                                for name in section.model_fields}
+    if field in reserved:
+        return flag_name(field)
+    if annotation is bool and f"no_{field}" in reserved:
+        return flag_name(f"no_{field}")
+    return None
+
+
+def option_from_text(text: str, annotation: Any) -> Any:
+    """A plugin option's command-line text as pydantic takes it: ``none`` for an optional field is None, a list
+    field takes comma-separated items, anything else stays text (pydantic converts it)."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in typing.get_args(annotation):
+        if text.strip().lower() == "none":
+            return None
+        rest = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+        annotation = rest[0] if len(rest) == 1 else annotation
+    if typing.get_origin(annotation) in (list, tuple, set, frozenset):
+        return [item.strip() for item in text.split(",") if item.strip()]
+    return text
+
+
+def describe_validation_error(error: ValidationError, prefix: str = "", flags: dict[str, str] | None = None) -> str:
+    """One line naming the first invalid field and why.
+
+    With ``flags`` (field -> the flag that gave it) the field is named by its flag, as the user typed it; a
+    required field nobody gave is named by the flag that would give it.
+    """
     first = error.errors()[0]
-    field = ".".join(str(part) for part in (prefix, *first["loc"]) if part != "")
+    loc = first["loc"]
+    if flags is not None and loc and (loc[0] in flags or first["type"] == "missing"):
+        field = flags.get(str(loc[0]), flag_name(str(loc[0]))) + "".join(f"[{part}]" for part in loc[1:])
+    else:
+        field = ".".join(str(part) for part in (prefix, *loc) if part != "")
+    if first["type"] == "missing":
+        return f"{field} is required"
     value = first.get("input")
     shown = "" if isinstance(value, dict) or value is None else f" (got {value!r})"
     message = "unknown field" if first["type"] == "extra_forbidden" else first["msg"]
@@ -123,12 +175,14 @@ def build_config(values: dict[str, Any]) -> RunConfig:
         raise UsageError(describe_validation_error(exc)) from None
 
 
-def validate_options(options_model: type[BaseModel], values: dict[str, Any], where: str) -> BaseModel:
-    """A plugin's options model filled from ``values``, or a UsageError naming the field."""
+def validate_options(options_model: type[BaseModel], values: dict[str, Any], where: str,
+                     flags: dict[str, str] | None = None) -> BaseModel:
+    """A plugin's options model filled from ``values``, or a UsageError naming the field (by its flag, for the
+    fields in ``flags``: see ``describe_validation_error``)."""
     try:
         return options_model.model_validate(values)
     except ValidationError as exc:
-        raise UsageError(describe_validation_error(exc, prefix=where)) from None
+        raise UsageError(describe_validation_error(exc, prefix=where, flags=flags)) from None
 
 
 def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:

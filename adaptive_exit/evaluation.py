@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -10,8 +11,9 @@ import torch
 
 from .exits import ExitOutputs, simulate_exits
 from .metrics import compute
+from .plugins import blamed, describe
 from .precision import Precision, default_device
-from .signals import Signal
+from .signals import Signal, checked_score
 
 SPEEDUP_MARKS = (1.5, 2.0, 3.0, 4.0)
 
@@ -134,9 +136,13 @@ def sweep(outputs: ExitOutputs, labels: torch.Tensor, signal: Signal, metric_nam
     """Simulate every threshold at once on one all-exits pass."""
     device = next(signal.parameters(), torch.empty(0)).device
     with torch.no_grad():
-        scores = signal.score(ExitOutputs(outputs.logits.to(device), outputs.pooled.to(device))).double().cpu()
+        scores = checked_score(signal, ExitOutputs(outputs.logits.to(device), outputs.pooled.to(device))).double().cpu()
+    if scores.shape[0] > 1 and torch.isnan(scores[:-1]).all():
+        print(f"adaptive-exit: warning: {describe('signals', type(signal))} scored NaN for every sample at every exit "
+              f"but the last: no sample leaves early", file=sys.stderr)
     if thresholds is None:
-        thresholds = signal.thresholds(scores)
+        with blamed("signals", type(signal), "thresholds"):
+            thresholds = signal.thresholds(scores)
     thresholds = torch.as_tensor(thresholds, dtype=torch.float64).flatten()
     num_exits, num_samples = scores.shape
     predictions = outputs.logits.argmax(-1)
@@ -158,9 +164,12 @@ def evaluate_model_dir(model_dir: str, signal: str | None = None, signal_options
                        max_samples: int | None = None, batch_size: int = 64, track: bool = True,
                        command: str = "evaluate",
                        finish: Callable[[EvaluationResult], None] | None = None,
-                       parent: Any = None, run_name: str | None = None, precision: str = "auto") -> EvaluationResult:
+                       parent: Any = None, run_name: str | None = None, precision: str = "auto",
+                       check_signal: bool = False) -> EvaluationResult:
     """Sweep a saved model on a split, with its own signal and dataset unless others are named.
 
+    ``check_signal`` also runs real early exit on the split at some of the sweep's thresholds and raises a
+    PluginError if any sample leaves at another layer than the sweep says (``inference.check_early_exit``).
     ``finish``, if given, sees the result before the trackers do (``calibrate`` picks its threshold there).
     ``parent`` (a ``RunInfo``) makes the run a child run in the parent's experiment; ``run_name`` names it.
     """
@@ -169,15 +178,15 @@ def evaluate_model_dir(model_dir: str, signal: str | None = None, signal_options
     from .config import DataConfig, describe_validation_error, validate_options
     from .data import load_task, tokenize
     from .errors import UsageError
+    from .inference import check_early_exit
     from .lifecycle import RunInfo, lifecycle
-    from .model import MultiExitModel, load_signal_weights
+    from .model import MultiExitModel, chosen_signal_options, load_signal_weights
     from .plugins import call_lifecycle, create, lookup
 
     model = MultiExitModel.from_pretrained(model_dir)
     trained = model.config
     signal_name = signal or trained["signal"]["name"]
-    options = dict(trained["signal"]["options"]) if signal_name == trained["signal"]["name"] else {}
-    options.update(signal_options or {})
+    options = chosen_signal_options(trained["signal"], signal_name, signal_options)
     options = validate_options(lookup("signals", signal_name).cls.Options, options, "signal.options").model_dump()
     data_values = dict(trained["run"]["data"])
     if dataset and dataset != trained["dataset"]:
@@ -216,6 +225,9 @@ def evaluate_model_dir(model_dir: str, signal: str | None = None, signal_options
         outputs, labels = split_outputs(model, tokenized[split], batch_size, device, runs_in)
         result = sweep(outputs, labels, signal_obj, task.metric,
                        None if thresholds is None else torch.tensor(thresholds, dtype=torch.float64))
+        if check_signal:
+            check_early_exit(model, tokenized[split], signal_obj, [p.threshold for p in result.curve], batch_size,
+                             runs_in)
         if finish is not None:
             finish(result)
         call_lifecycle("on_evaluate_end", run=run, results=result)

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 
-from .exits import ExitOutputs, exit_condition
+from .exits import ExitOutputs, exit_condition, simulate_exits
 from .model import pooling_weights
 from .precision import Precision, full_precision
-from .signals import Signal
+from .signals import Signal, checked_score
 
 
 @dataclass
@@ -69,7 +69,7 @@ def early_exit_forward(model: Any, input_ids: torch.Tensor, attention_mask: torc
         else:
             view = ExitOutputs(logits.unsqueeze(0), pooled.unsqueeze(0))
         with full_precision(hidden.device):
-            leave = exit_condition(signal.score(view)[-1], threshold, signal.exit_when)
+            leave = exit_condition(checked_score(signal, view)[-1], threshold, signal.exit_when)
         leaving = int(leave.sum())
         if leaving == 0:
             continue
@@ -93,6 +93,77 @@ def early_exit_forward(model: Any, input_ids: torch.Tensor, attention_mask: torc
     return EarlyExitOutput(answers, exit_index)
 
 
+@dataclass
+class ExitMismatch:
+    """A sample that real early exit sends out at another layer than the all-exits simulation (layers 1-based)."""
+
+    sample: int
+    threshold: float
+    early_exit_layer: int
+    simulated_layer: int
+
+
+def spread_thresholds(thresholds: Iterable[float], count: int) -> torch.Tensor:
+    """At most ``count`` of ``thresholds`` (sorted), evenly spaced by position, both ends included."""
+    ordered = torch.tensor(sorted(set(thresholds)), dtype=torch.float64)
+    if len(ordered) <= count:
+        return ordered
+    return ordered[torch.linspace(0, len(ordered) - 1, count).round().long().unique()]
+
+
+@torch.inference_mode()
+def exit_mismatches(model: Any, batches: Iterable[dict[str, torch.Tensor]], signal: Signal, thresholds: torch.Tensor,
+                    precision: Precision | None = None) -> list[ExitMismatch]:
+    """Run each batch through all exits and, per threshold, through real early exit: every sample (numbered
+    across the batches) whose exit layer differs between the two."""
+    mismatches: list[ExitMismatch] = []
+    offset = 0
+    for batch in batches:
+        ids, mask, types = batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids")
+        runs_in = precision or Precision("fp32", ids.device)
+        with runs_in.autocast():
+            full = model(ids, mask, types)
+        with full_precision(ids.device):
+            simulated = simulate_exits(checked_score(signal, full), thresholds, signal.exit_when)
+        for k, threshold in enumerate(thresholds.tolist()):
+            with runs_in.autocast():
+                early = early_exit_forward(model, ids, mask, types, signal, threshold).exit_index
+            for row in (early != simulated[k]).nonzero().flatten().tolist():
+                mismatches.append(ExitMismatch(offset + row, threshold, int(early[row]) + 1,
+                                               int(simulated[k, row]) + 1))
+        offset += ids.shape[0]
+    return mismatches
+
+
+def mismatch_report(signal: Signal, mismatches: list[ExitMismatch]) -> str:
+    """One line: which samples leave at another layer in real early exit than in the simulation, and why that is."""
+    from .plugins import describe
+
+    samples = sorted({m.sample for m in mismatches})
+    shown = "; ".join(f"sample {m.sample} at threshold {m.threshold:.6g}: layer {m.early_exit_layer} in early exit, "
+                      f"{m.simulated_layer} simulated" for m in mismatches[:3])
+    given = "exits 1..i" if signal.uses_history else "exit i alone"
+    return (f"{describe('signals', type(signal))} fails the early-exit check: {len(samples)} sample(s) leave at "
+            f"another layer in real early exit than in the simulation ({shown}); the score of exit i may read exits "
+            f"1..i only, never a later exit or another sample, and with uses_history = {signal.uses_history} early "
+            f"exit gives it {given}")
+
+
+def check_early_exit(model: Any, dataset: Any, signal: Signal, thresholds: Iterable[float], batch_size: int,
+                     precision: Precision, count: int = 8) -> None:
+    """Real early exit against the simulation on a tokenized split, at ``count`` of ``thresholds``; a PluginError
+    naming the signal (``mismatch_report``) if any sample leaves at another layer."""
+    from .data import make_loader
+    from .errors import PluginError
+
+    device = precision.device
+    batches = ({k: v.to(device) for k, v in batch.items()} for batch in make_loader(dataset, model.tokenizer,
+                                                                                      batch_size))
+    mismatches = exit_mismatches(model, batches, signal, spread_thresholds(thresholds, count), precision)
+    if mismatches:
+        raise PluginError(mismatch_report(signal, mismatches))
+
+
 @torch.inference_mode()
 def final_forward(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                   token_type_ids: torch.Tensor | None) -> torch.Tensor:
@@ -108,15 +179,13 @@ def final_forward(model: Any, input_ids: torch.Tensor, attention_mask: torch.Ten
 
 def model_signal(model: Any, name: str | None = None, options: dict[str, Any] | None = None) -> Signal:
     """The signal ``name`` (default: the model's own) for a loaded model, with its trained weights if any."""
-    from .model import load_signal_weights
+    from .model import chosen_signal_options, load_signal_weights
     from .plugins import create
 
     trained = model.config["signal"]
     name = name or trained["name"]
-    merged = dict(trained["options"]) if name == trained["name"] else {}
-    merged.update(options or {})
-    signal = create("signals", name, merged, num_exits=model.num_exits, hidden_size=model.encoder.hidden_size,
-                    num_labels=model.config["num_labels"])
+    signal = create("signals", name, chosen_signal_options(trained, name, options), num_exits=model.num_exits,
+                    hidden_size=model.encoder.hidden_size, num_labels=model.config["num_labels"])
     if name == trained["name"] and model.directory is not None:
         load_signal_weights(signal, model.directory)
     return signal.eval()
@@ -157,7 +226,8 @@ def text_columns(items: list[Any], fields: list[str]) -> list[list[str]]:
 
 @torch.no_grad()
 def predict(model: Any, texts: list[Any], threshold: float | None = None, batch_size: int = 32,
-            signal: str | None = None, precision: str = "auto") -> list[dict[str, Any]]:
+            signal: str | None = None, signal_options: dict[str, Any] | None = None,
+            precision: str = "auto") -> list[dict[str, Any]]:
     """Early-exit predictions for raw texts, in input order (batched by length internally)."""
     from .errors import UsageError
 
@@ -168,7 +238,7 @@ def predict(model: Any, texts: list[Any], threshold: float | None = None, batch_
     model.eval()
     device = next(model.parameters()).device
     runs_in = Precision(precision, device)
-    signal_obj = model_signal(model, signal).to(device)
+    signal_obj = model_signal(model, signal, signal_options).to(device)
     if threshold is None:
         threshold = stored_threshold(model, signal_obj.name)
     fields = model.config["text_fields"]

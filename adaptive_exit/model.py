@@ -120,10 +120,7 @@ class MultiExitModel(torch.nn.Module):
         from .plugins import lookup
 
         directory = Path(directory)
-        config_path = directory / MODEL_CONFIG
-        if not config_path.is_file():
-            raise UsageError(f"'{directory}' is not a model directory (no {MODEL_CONFIG}); pass the --output-dir of a train run")
-        config = json.loads(config_path.read_text())
+        config = read_model_config(directory)
         backbone = lookup("backbones", config["backbone_type"]).cls()
         model = cls(backbone.load_saved(directory / BACKBONE_DIR), config)
         model.load_state_dict(load_file(str(directory / WEIGHTS)))
@@ -132,16 +129,35 @@ class MultiExitModel(torch.nn.Module):
         return model
 
     def predict(self, texts: list[Any], threshold: float | None = None, batch_size: int = 32,
-                signal: str | None = None, precision: str = "auto") -> list[dict[str, Any]]:
+                signal: str | None = None, signal_options: dict[str, Any] | None = None,
+                precision: str = "auto") -> list[dict[str, Any]]:
         """Early-exit predictions for raw texts (strings, or pairs / dicts for pair tasks).
 
         Each answer has ``label``, ``label_id``, ``probabilities`` and ``exit_layer`` (1-based). The
-        threshold defaults to the one stored by ``adaptive-exit calibrate``; ``precision`` is that of
-        ``--precision`` (auto: bf16 where the CPU or GPU runs it natively).
+        threshold defaults to the one stored by ``adaptive-exit calibrate``; ``signal_options`` go over the
+        options the model keeps for its signal; ``precision`` is that of ``--precision`` (auto: bf16 where the CPU
+        or GPU runs it natively).
         """
         from .inference import predict
 
-        return predict(self, texts, threshold=threshold, batch_size=batch_size, signal=signal, precision=precision)
+        return predict(self, texts, threshold=threshold, batch_size=batch_size, signal=signal,
+                       signal_options=signal_options, precision=precision)
+
+
+def read_model_config(directory: str | Path) -> dict[str, Any]:
+    """The config file of a model directory, or a UsageError if there is none."""
+    config_path = Path(directory) / MODEL_CONFIG
+    if not config_path.is_file():
+        raise UsageError(f"'{directory}' is not a model directory (no {MODEL_CONFIG}); pass the --output-dir of a train run")
+    return json.loads(config_path.read_text())
+
+
+def chosen_signal_options(trained: dict[str, Any], name: str, given: dict[str, Any] | None) -> dict[str, Any]:
+    """The options of signal ``name`` on a model trained with ``trained`` (``{"name", "options"}``): the trained
+    options if it is the same signal, with ``given`` put over them."""
+    options = dict(trained["options"]) if name == trained["name"] else {}
+    options.update(given or {})
+    return options
 
 
 def update_model_config(directory: str | Path, key: str, value: Any) -> None:

@@ -8,8 +8,10 @@ from typing import ClassVar
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from .errors import PluginError
 from .exits import ExitOutputs
 from .hookspecs import hookimpl
+from .plugins import blamed, describe
 
 
 class NoOptions(BaseModel):
@@ -52,7 +54,11 @@ class Signal(torch.nn.Module):
         self.num_labels = num_labels
 
     def score(self, outputs: ExitOutputs) -> torch.Tensor:
-        """The score of every exit for every sample: ``[num_exits, batch]``, finite for finite logits."""
+        """The score of every exit for every sample: a floating ``[num_exits, batch]`` tensor.
+
+        NaN means "no score at this exit" and never triggers an exit (for example too few exits yet for a
+        history-reading signal); every other score is finite for finite logits.
+        """
         raise NotImplementedError
 
     def loss(self, outputs: ExitOutputs, labels: torch.Tensor) -> torch.Tensor | None:
@@ -75,6 +81,36 @@ class Signal(torch.nn.Module):
                             dtype=torch.float64)
         # midpoints, so that no threshold sits exactly on a score, where rounding could flip an exit
         return torch.unique(torch.cat([ends, (grid[1:] + grid[:-1]) / 2]))
+
+
+def _shape_problem(scores: object, exits: int, batch: int) -> str | None:
+    if not isinstance(scores, torch.Tensor):
+        return f"returned {type(scores).__name__}, not a tensor"
+    if not scores.is_floating_point():
+        return f"returned a {scores.dtype} tensor, not a floating one"
+    if tuple(scores.shape) != (exits, batch):
+        return f"returned shape {list(scores.shape)} for {exits} exit(s) and {batch} sample(s)"
+    return None
+
+
+def checked_score(signal: Signal, outputs: ExitOutputs) -> torch.Tensor:
+    """``signal.score(outputs)``, checked to be a floating ``[exits, batch]`` tensor; a PluginError naming the signal
+    otherwise.
+
+    Where exits and samples are equally many (so ``[batch, exits]`` has the right shape too), the score of the
+    first sample alone is checked as well.
+    """
+    exits, batch = outputs.logits.shape[:2]
+    with blamed("signals", type(signal), "score"):
+        scores = signal.score(outputs)
+        problem = _shape_problem(scores, exits, batch)
+        if problem is None and exits == batch > 1:
+            alone = ExitOutputs(outputs.logits[:, :1], outputs.pooled[:, :1])
+            problem = _shape_problem(signal.score(alone), exits, 1)
+    if problem is not None:
+        raise PluginError(f"{describe('signals', type(signal))}: score {problem}; it must return a floating tensor "
+                          f"of shape [exits, batch], one score per exit and sample")
+    return scores
 
 
 def _scaled(logits: torch.Tensor, temperature: float) -> torch.Tensor:

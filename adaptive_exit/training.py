@@ -24,9 +24,10 @@ from .errors import UsageError
 from .evaluation import EvaluationResult, split_outputs, sweep
 from .lifecycle import RunInfo, lifecycle
 from .model import MultiExitModel
-from .plugins import call_lifecycle, create, lookup
+from .plugins import blamed, call_lifecycle, create, lookup
 from .precision import Precision
 from .preflight import check_disk_room, check_max_length, claimed_output_dir
+from .weighting import checked_loss
 
 EVAL_BATCH_SIZE = 64
 
@@ -144,13 +145,15 @@ def train_step(forward: torch.nn.Module, model: MultiExitModel, signal: torch.nn
     runs under ``precision``'s autocast (default fp32), the losses in fp32 outside it.
     """
     precision = precision or Precision("fp32", batch["labels"].device)
-    weighting.start_step(model, step)
+    with blamed("weightings", type(weighting), "start_step"):
+        weighting.start_step(model, step)
     with precision.autocast():
         outputs = forward(batch)
-    loss = weighting.loss(outputs, batch["labels"], step)
+    loss = checked_loss(weighting, outputs, batch["labels"], step)
     total = loss.total
     logs = dict(loss.logs)
-    signal_loss = signal.loss(outputs, batch["labels"])
+    with blamed("signals", type(signal), "loss"):
+        signal_loss = signal.loss(outputs, batch["labels"])
     if signal_loss is not None:
         total = total + signal_loss
         logs["signal_loss"] = float(signal_loss.detach())
@@ -254,7 +257,8 @@ def train(config: RunConfig, parent: RunInfo | None = None,
         step = 0
         for epoch in range(config.train.epochs):
             loader.batch_sampler.set_epoch(epoch)
-            weighting.start_epoch(model, epoch)
+            with blamed("weightings", type(weighting), "start_epoch"):
+                weighting.start_epoch(model, epoch)
             wrapped.train()
             bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.train.epochs}", disable=not dist.main,
                        mininterval=1.0, dynamic_ncols=True)
@@ -267,7 +271,8 @@ def train(config: RunConfig, parent: RunInfo | None = None,
                 bar.set_postfix(loss=f"{logs['loss']:.4f}", refresh=False)
                 if dist.main:
                     call_lifecycle("on_step_end", run=run, step=step, logs=logs)
-            weighting.end_epoch(epoch)
+            with blamed("weightings", type(weighting), "end_epoch"):
+                weighting.end_epoch(epoch)
             if dist.main:
                 signal.eval()
                 outs, labels = split_outputs(model, tokenized[eval_split], EVAL_BATCH_SIZE, dist.device, precision)

@@ -8,8 +8,10 @@ from typing import ClassVar
 import torch
 from pydantic import BaseModel
 
+from .errors import PluginError
 from .exits import ExitOutputs, exit_cross_entropy
 from .hookspecs import hookimpl
+from .plugins import blamed, describe
 from .signals import NoOptions, Signal
 
 
@@ -53,6 +55,23 @@ class Weighting:
 
     def end_epoch(self, epoch: int) -> None:
         """Called after each epoch (0-based)."""
+
+
+def checked_loss(weighting: Weighting, outputs: ExitOutputs, labels: torch.Tensor, step: int) -> WeightingLoss:
+    """``weighting.loss(...)``, checked to be a ``WeightingLoss`` whose ``total`` is a finite scalar tensor; a
+    PluginError naming the weighting otherwise."""
+    with blamed("weightings", type(weighting), "loss"):
+        loss = weighting.loss(outputs, labels, step)
+    if not isinstance(loss, WeightingLoss):
+        problem = f"returned {type(loss).__name__}, not an adaptive_exit.WeightingLoss(total, logs)"
+    elif not isinstance(loss.total, torch.Tensor) or loss.total.dim() != 0:
+        shape = list(loss.total.shape) if isinstance(loss.total, torch.Tensor) else type(loss.total).__name__
+        problem = f"returned a total of {shape}, not a scalar tensor (reduce it, e.g. with .mean())"
+    elif not torch.isfinite(loss.total.detach()):
+        problem = f"returned a total of {float(loss.total.detach())} at step {step}, not a finite number"
+    else:
+        return loss
+    raise PluginError(f"{describe('weightings', type(weighting))}: loss {problem}")
 
 
 class Uniform(Weighting):

@@ -58,7 +58,7 @@ def test_yaml_section_of_the_wrong_shape(cli, tmp_path):
 
 
 def test_invalid_plugin_option_names_the_field(cli):
-    assert_usage_error(cli("train", "--weighting", "cosee", "--beta0", "much"), "weighting.options.beta0")
+    assert_usage_error(cli("train", "--weighting", "cosee", "--beta0", "much"), "invalid value for --beta0")
 
 
 def test_option_of_another_plugin(cli):

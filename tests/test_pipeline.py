@@ -98,22 +98,23 @@ class ExplodingPlugin:
 def exploding_plugin():
     pm = plugins.get_plugin_manager()
     pm.register(ExplodingPlugin(), name="exploding")
-    plugins.registry.cache_clear()
+    plugins.refresh()
     yield
     pm.unregister(name="exploding")
-    plugins.registry.cache_clear()
+    plugins.refresh()
 
 
-def test_failed_train_marks_run_failed(exploding_plugin, env, tmp_path, monkeypatch):
+def test_failed_train_marks_run_failed(exploding_plugin, env, tmp_path, monkeypatch, capsys):
     for key in ("ADAPTIVE_EXIT_CACHE", "MLFLOW_TRACKING_URI", "HF_HUB_OFFLINE"):
         monkeypatch.setenv(key, env[key])
     monkeypatch.chdir(tmp_path)
     import mlflow
 
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])  # earlier tests in this process may have set another
-    with pytest.raises(RuntimeError, match="boom"):
-        main(["train", "--weighting", "exploding", "--num-layers", "1", "--max-train-samples", "8",
-              "--max-eval-samples", "8", "--max-length", "16", "--output-dir", "out"])
+    assert main(["train", "--weighting", "exploding", "--num-layers", "1", "--max-train-samples", "8",
+                 "--max-eval-samples", "8", "--max-length", "16", "--output-dir", "out"]) == 2
+    assert "weighting 'exploding' of plugin 'exploding' (registered in this process) raised in loss: RuntimeError: " \
+           "boom" in capsys.readouterr().err
     (run,) = runs_in(tmp_path / "mlflow.db")
     assert run.info.status == "FAILED"
     assert not (tmp_path / "out").exists()

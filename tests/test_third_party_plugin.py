@@ -118,3 +118,10 @@ def test_train_and_evaluate_with_margin(cli, margin_env, tmp_path):
 def test_evaluate_trained_model_with_margin(cli, margin_env, trained_model):
     _check_curve(_json(cli("evaluate", str(trained_model), "--signal", "margin", "--json", "--no-track",
                            extra_env=margin_env)))
+
+
+def test_margin_meets_the_signal_contract():
+    from adaptive_exit.testing import check_signal
+
+    check_signal(_load_margin_module().Margin)
+    check_signal(_load_margin_module().Margin, {"temperature": 2.0})
