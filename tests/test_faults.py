@@ -109,8 +109,11 @@ def test_finished_only_once_the_model_is_logged(env, tmp_path, monkeypatch):
     from adaptive_exit import mlflow_model
     from adaptive_exit.cli import main
 
+    import mlflow
+
     for key in ("ADAPTIVE_EXIT_CACHE", "HF_HUB_OFFLINE", "MLFLOW_TRACKING_URI"):
         monkeypatch.setenv(key, env[key])
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])  # an earlier test in this process may have set another
     monkeypatch.chdir(tmp_path)
     tiny = ["train", "--num-layers", "1", "--max-train-samples", "8", "--batch-size", "4", "--max-eval-samples", "8",
             "--max-length", "16"]

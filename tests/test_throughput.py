@@ -119,7 +119,7 @@ def batch_of(model, texts, labels):
 def test_bf16_training_of_a_real_model_lowers_the_loss(tiny):
     model = tiny
     signal = Entropy(Entropy.Options(), num_exits=2, hidden_size=model.encoder.hidden_size, num_labels=2)
-    weighting = Cosee(Cosee.Options(), signal=signal, num_exits=2, total_steps=12)
+    weighting = Cosee(Cosee.Options(preset="paper"), signal=signal, num_exits=2, total_steps=12)
     optimizer = make_optimizer(model, signal, RunConfig())
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     batch = batch_of(model, ["a fine, moving film", "dull and far too long", "great fun", "bad acting throughout",
