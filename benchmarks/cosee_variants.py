@@ -19,8 +19,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare import update_results  # noqa: E402  (benchmarks/ is not a package)
-from training_quality import ROOT, run_one  # noqa: E402
+from training_quality import add_run_arguments, run_missing_then_render  # noqa: E402  (not a package)
 
 # COSEE with every departure off (the paper), so that a variant names all it turns on; a later flag wins
 COSEE = ["--weighting", "cosee", "--mix", "0", "--distill", "0"]
@@ -82,31 +81,17 @@ def main() -> int:
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of: {', '.join(VARIANTS)}")
     parser.add_argument("--max-train-samples", default="2000", help="training sentences (default: 2000)")
     parser.add_argument("--epochs", default="1", help="epochs (default: 1)")
-    parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "cosee-variants"),
-                        help="folder of the result files (default: benchmarks/results/cosee-variants)")
-    parser.add_argument("--work", default="outputs/cosee-variants", help="where the models go")
-    parser.add_argument("--render", action="store_true", help="only write the section from the result files")
-    parser.add_argument("--results-file", default=str(ROOT / "docs" / "RESULTS.md"), help="file to put the section in")
+    add_run_arguments(parser, "cosee-variants", "outputs/cosee-variants")
     args = parser.parse_args()
-    results = Path(args.results)
     unknown = [v for v in args.variants.split(",") if v not in VARIANTS]
     if unknown:
         parser.error(f"unknown variant {unknown[0]!r}; choose from {', '.join(VARIANTS)}")
-    if not args.render:
-        results.mkdir(parents=True, exist_ok=True)
-        for seed in args.seeds.split(","):
-            for signal in args.signals.split(","):
-                for variant in args.variants.split(","):
-                    name = f"{variant}-{signal}-seed{seed}"
-                    if (results / f"{name}.json").exists():
-                        continue
-                    flags = [*VARIANTS[variant], "--signal", signal, "--seed", seed, "--epochs", args.epochs,
-                             "--max-train-samples", args.max_train_samples]
-                    run_one(name, flags, "auto", results, Path(args.work), split="validation")
-    section = render(results)
-    update_results(Path(args.results_file), "cosee-variants", section)
-    print(section)
-    return 0
+    runs = [(f"{variant}-{signal}-seed{seed}",
+             [*VARIANTS[variant], "--signal", signal, "--seed", seed, "--epochs", args.epochs,
+              "--max-train-samples", args.max_train_samples], "auto")
+            for seed in args.seeds.split(",") for signal in args.signals.split(",")
+            for variant in args.variants.split(",")]
+    return run_missing_then_render(args, runs, "validation", render, "cosee-variants")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -140,29 +141,43 @@ def render(results: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def add_run_arguments(parser: argparse.ArgumentParser, name: str, work: str) -> None:
+    """The flags of a benchmark that runs whole trainings into ``benchmarks/results/<name>``: --results,
+    --work, --render and --results-file."""
+    parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / name),
+                        help=f"folder of the result files (default: benchmarks/results/{name})")
+    parser.add_argument("--work", default=work, help="where the models go")
+    parser.add_argument("--render", action="store_true", help="only write the section from the result files")
+    parser.add_argument("--results-file", default=str(ROOT / "docs" / "RESULTS.md"), help="file to put the section in")
+
+
+def run_missing_then_render(args: argparse.Namespace, runs: list[tuple[str, list[str], str]], split: str,
+                            render_section: Any, section: str) -> int:
+    """Run each (name, train flags, precision) without a result file (unless --render), then put
+    ``render_section(results)`` into the results file as ``section`` and print it."""
+    results = Path(args.results)
+    if not args.render:
+        results.mkdir(parents=True, exist_ok=True)
+        for name, flags, precision in runs:
+            if (results / f"{name}.json").exists():
+                print(f"{name}: done before, skipped", flush=True)
+                continue
+            run_one(name, flags, precision, results, Path(args.work), split=split)
+    text = render_section(results)
+    update_results(Path(args.results_file), section, text)
+    print(text)
+    return 0
+
+
 def main() -> int:
     """Run what has no result file yet, then write the section."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", default="1,2,3", help="seeds of the quality runs (default: 1,2,3)")
     parser.add_argument("--epochs", type=int, default=2, help="epochs of the quality runs (default: 2)")
-    parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "throughput"),
-                        help="folder of the result files (default: benchmarks/results/throughput)")
-    parser.add_argument("--work", default="outputs/training-quality", help="where the models go")
-    parser.add_argument("--render", action="store_true", help="only write the section from the result files")
-    parser.add_argument("--results-file", default=str(ROOT / "docs" / "RESULTS.md"), help="file to put the section in")
+    add_run_arguments(parser, "throughput", "outputs/training-quality")
     args = parser.parse_args()
-    results = Path(args.results)
-    if not args.render:
-        results.mkdir(parents=True, exist_ok=True)
-        for name, flags, precision in planned([int(s) for s in args.seeds.split(",")], args.epochs):
-            if (results / f"{name}.json").exists():
-                print(f"{name}: done before, skipped", flush=True)
-                continue
-            run_one(name, flags, precision, results, Path(args.work))
-    section = render(results)
-    update_results(Path(args.results_file), "training-speed", section)
-    print(section)
-    return 0
+    runs = planned([int(s) for s in args.seeds.split(",")], args.epochs)
+    return run_missing_then_render(args, runs, "test", render, "training-speed")
 
 
 if __name__ == "__main__":
