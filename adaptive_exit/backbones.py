@@ -141,6 +141,7 @@ class HuggingFace(Backbone):
     name = "huggingface"
 
     def load(self, source: str, num_layers: int | None) -> Encoder:
+        from safetensors import SafetensorError
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         path = resolve_source(source)
@@ -158,7 +159,7 @@ class HuggingFace(Backbone):
                 tokenizer = AutoTokenizer.from_pretrained(path)
         except UsageError:
             raise
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, SafetensorError) as exc:
             where = "local directory" if os.path.isdir(path) else "not a local directory, and the model hub"
             raise UsageError(
                 f"could not load backbone '{source}' ({where} did not provide it: "
@@ -169,10 +170,14 @@ class HuggingFace(Backbone):
     def load_saved(self, directory: Path) -> Encoder:
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-        with _quiet_transformers():
-            config = AutoConfig.from_pretrained(directory)
-            model = AutoModel.from_config(config)
-            tokenizer = AutoTokenizer.from_pretrained(directory)
+        try:
+            with _quiet_transformers():
+                config = AutoConfig.from_pretrained(directory)
+                model = AutoModel.from_config(config)
+                tokenizer = AutoTokenizer.from_pretrained(directory)
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"the backbone files in '{directory}' cannot be read ({str(exc).splitlines()[0]}); "
+                             f"restore them, or train the model again") from None
         return HuggingFaceEncoder(model, tokenizer)
 
 

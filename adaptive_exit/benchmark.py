@@ -10,7 +10,7 @@ import torch
 
 from .data import load_task, make_loader, tokenize
 from .errors import UsageError
-from .inference import early_exit_forward, final_forward, model_signal, stored_threshold, text_columns
+from .inference import early_exit_forward, final_forward, model_signal, chosen_threshold, text_columns
 from .model import MultiExitModel, pool, pooling_weights
 from .precision import Precision, default_device
 
@@ -68,8 +68,7 @@ def benchmark_model_dir(model_dir: str, threshold: float | None = None, batch_si
     device = runs_in.device
     model = MultiExitModel.from_pretrained(model_dir).to(device)
     signal_obj = model_signal(model, signal, signal_options).to(device)
-    if threshold is None:
-        threshold = stored_threshold(model, signal_obj.name)
+    threshold = chosen_threshold(model, signal_obj, threshold)
     from .config import DataConfig
 
     data_values = dict(model.config["run"]["data"], eval_split=split, max_eval_samples=max_samples)

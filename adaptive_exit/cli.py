@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import json
 import logging
+import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from pydantic import BaseModel
 
@@ -205,7 +208,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .training import train
 
     config = build_run_config(args)
-    result, output_dir = train(config)
+    if args.resume and not config.output_dir:
+        raise UsageError("--resume needs the --output-dir of the training to continue")
+    result, output_dir = train(config, resume=args.resume)
     if output_dir is not None:
         print(result.table())
         print(f"\nModel saved to {output_dir}")
@@ -234,8 +239,11 @@ def sweep_children(args: argparse.Namespace) -> tuple[list[SweepChild], dict[str
         base.data.dataset if "data.dataset" not in grid else "sweep")
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     output_dir = values.get("output_dir") or f"outputs/sweep-{stamp}"
-    if Path(output_dir).exists() and any(Path(output_dir).iterdir()):
-        raise UsageError(f"output directory '{output_dir}' exists and is not empty; pass another --output-dir")
+    if values.get("resume") and not values.get("output_dir"):
+        raise UsageError("--resume needs the --output-dir of the sweep to continue")
+    if not values.get("resume") and Path(output_dir).exists() and any(Path(output_dir).iterdir()):
+        raise UsageError(f"output directory '{output_dir}' exists and is not empty; pass another --output-dir (or "
+                         f"--resume to continue the sweep in it)")
     children, seen, used = [], set(), set()
     for combo in expand_grid(grid):
         chosen = {**values, **combo}
@@ -266,7 +274,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     print(f"sweep: {len(children)} configuration(s): " + "; ".join(c.name for c in children), file=sys.stderr)
     try:
         comparison = run_sweep(children, experiment, output_dir, tracking=not args.no_track, grid=grid,
-                               title=f"sweep over {', '.join(grid) or 'one configuration'}")
+                               title=f"sweep over {', '.join(grid) or 'one configuration'}", resume=args.resume)
     except PartialSweep as partial:
         print(partial.comparison.table())
         print(f"adaptive-exit: error: {partial}; the comparison of all of them is in {output_dir}", file=sys.stderr)
@@ -325,19 +333,47 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 def _read_inputs(source: str) -> list[Any]:
     """Texts from a file or standard input ('-'): one per line, or JSON lines."""
-    if source == "-":
-        raw = sys.stdin.read()
-    elif not Path(source).is_file():
-        raise UsageError(f"input file '{source}' does not exist")
-    else:
-        raw = Path(source).read_text()
-    lines = [line for line in raw.splitlines() if line.strip()]
-    if lines and all(line.lstrip().startswith("{") for line in lines):
+    name = "standard input" if source == "-" else f"input file '{source}'"
+    try:
+        raw = sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()
+    except FileNotFoundError:
+        raise UsageError(f"{name} does not exist") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{name} is not UTF-8 text (byte {exc.start} is not); convert it to UTF-8") from None
+    lines = [(number, line) for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    if not lines or not all(line.lstrip().startswith("{") for _, line in lines):
+        return [line for _, line in lines]
+    rows = []
+    for number, line in lines:
         try:
-            return [json.loads(line) for line in lines]
+            rows.append(json.loads(line))
         except json.JSONDecodeError as exc:
-            raise UsageError(f"input looks like JSON lines but line {exc.lineno} is not valid JSON") from None
-    return lines
+            raise UsageError(f"{name} looks like JSON lines but line {number} is not valid JSON ({exc.msg}); "
+                             f"nothing was predicted") from None
+    return rows
+
+
+@contextlib.contextmanager
+def _output(target: str) -> Iterator[Any]:
+    """Standard output ('-'), or the file ``target`` written whole: a temporary file beside it, opened before any
+    work (so a path that cannot be written fails first), renamed over it once every answer is in it."""
+    if target == "-":
+        yield sys.stdout
+        return
+    temporary = Path(target).with_name(f".{Path(target).name}.partial")
+    try:
+        handle = open(temporary, "w")
+    except OSError as exc:
+        raise UsageError(f"cannot write --output '{target}' ({exc.strerror}); create its folder or pass another "
+                         f"file") from None
+    try:
+        with handle:
+            yield handle
+        os.replace(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -346,16 +382,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     options = _saved_model_signal_options(args)
     texts = _read_inputs(args.input)
-    model = MultiExitModel.from_pretrained(args.model_dir).to(default_device())
-    answers = model.predict(texts, threshold=args.threshold, batch_size=args.batch_size, signal=args.signal,
-                            signal_options=options, precision=args.precision)
-    output = sys.stdout if args.output == "-" else open(args.output, "w")
-    try:
+    with _output(args.output) as output:
+        model = MultiExitModel.from_pretrained(args.model_dir).to(default_device())
+        answers = model.predict(texts, threshold=args.threshold, batch_size=args.batch_size, signal=args.signal,
+                                signal_options=options, precision=args.precision)
         for answer in answers:
-            output.write(json.dumps(answer) + "\n")
-    finally:
-        if output is not sys.stdout:
-            output.close()
+            output.write(json.dumps(answer, allow_nan=False) + "\n")
     return 0
 
 
@@ -453,6 +485,9 @@ def make_parser(argv: list[str]) -> argparse.ArgumentParser:
                            description="Train a multi-exit model, run the threshold sweep on the evaluation split, "
                                        "save the model to --output-dir and log everything to MLflow.")
     _add_train_arguments(train)
+    train.add_argument("--resume", action="store_true",
+                       help="continue the training whose checkpoints are in --output-dir, into the same MLflow run: "
+                            "the same command with --resume added (only --epochs and --checkpoint-every may differ)")
     train.set_defaults(func=cmd_train)
 
     sweep = sub.add_parser("sweep", help="train a grid of configurations as child runs of one MLflow parent run",
@@ -463,6 +498,10 @@ def make_parser(argv: list[str]) -> argparse.ArgumentParser:
                                        "every configuration's curve, averaged over seeds. A plugin option applies "
                                        "only to the children whose signal or weighting declares it.")
     _add_train_arguments(sweep)
+    sweep.add_argument("--resume", action="store_true",
+                       help="continue the sweep in --output-dir under its parent run: the same command with --resume "
+                            "added; children whose model is saved are not trained again, those with checkpoints "
+                            "resume, the rest train")
     sweep.set_defaults(func=cmd_sweep)
 
     evaluate = sub.add_parser("evaluate", help="threshold sweep of a saved model",
@@ -543,7 +582,6 @@ def make_parser(argv: list[str]) -> argparse.ArgumentParser:
 
 def quiet_libraries() -> None:
     """Keep library log chatter and deprecation warnings off the terminal."""
-    import os
     import warnings
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -554,9 +592,24 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=UserWarning, module="mlflow")
 
 
+def known_error(exc: BaseException) -> str | None:
+    """One line for an error of a kind the operating system, Unicode or JSON raise (which file, what to do), or
+    None for any other error."""
+    if isinstance(exc, UnicodeDecodeError):
+        return f"a file is not UTF-8 text (byte {exc.start} is not: {exc.reason}); convert it to UTF-8"
+    if isinstance(exc, json.JSONDecodeError):
+        return f"a file is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); correct or restore it"
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f" '{exc.filename}'" if exc.filename else ""
+        advice = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some space",
+                  errno.EACCES: "fix its permissions or pass another path", errno.EROFS: "pass another path",
+                  errno.ENOENT: "check the path"}.get(exc.errno, "check the file and the disk")
+        return f"{exc.strerror}{where}; {advice}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``adaptive-exit`` command; returns the exit code."""
-    import os
     import traceback
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -577,6 +630,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("adaptive-exit: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        line = known_error(exc)
+        if line is None:
+            raise
+        if debug:
+            traceback.print_exception(exc)
+        print(f"adaptive-exit: error: {line}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

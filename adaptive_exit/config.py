@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import types
 import typing
 from pathlib import Path
@@ -56,6 +57,9 @@ class TrainConfig(_Strict):
     group_by_length: bool = Field(
         True, description="batch samples of similar length together (random mega-batches of 50 batches, each "
                           "sorted by length): far less padding, same random batch order")
+    checkpoint_every: int | None = Field(
+        None, ge=0, description="write a checkpoint (for --resume) every N steps; none: every 10 minutes of training; "
+                                "0: never. The end of every epoch but the last is always one")
     calibrate_speedup: float | None = Field(
         2.0, ge=1.0, description="after training, store the threshold with the best evaluation-split metric at this "
                                  "layer speed-up or more, as `calibrate --target-speedup` would (predict's default)")
@@ -86,7 +90,7 @@ class RunConfig(_Strict):
 COMMAND_FLAGS = frozenset({
     "config", "signal", "weighting", "output_dir", "experiment", "no_track", "model_dir", "dataset", "split",
     "max_eval_samples", "json", "precision", "thresholds", "batch_size", "check_signal", "target_speedup",
-    "max_drop", "input", "output", "threshold", "batch_sizes", "repeats", "debug", "help",
+    "max_drop", "input", "output", "threshold", "batch_sizes", "repeats", "debug", "help", "resume",
 })
 
 
@@ -178,11 +182,18 @@ def build_config(values: dict[str, Any]) -> RunConfig:
 def validate_options(options_model: type[BaseModel], values: dict[str, Any], where: str,
                      flags: dict[str, str] | None = None) -> BaseModel:
     """A plugin's options model filled from ``values``, or a UsageError naming the field (by its flag, for the
-    fields in ``flags``: see ``describe_validation_error``)."""
+    fields in ``flags``: see ``describe_validation_error``). A float option given as inf or NaN is an error, whatever
+    the model says (a default of inf stays allowed)."""
     try:
-        return options_model.model_validate(values)
+        options = options_model.model_validate(values)
     except ValidationError as exc:
         raise UsageError(describe_validation_error(exc, prefix=where, flags=flags)) from None
+    for name, info in options_model.model_fields.items():
+        value = getattr(options, name)
+        if isinstance(value, float) and not math.isfinite(value) and value != info.default:
+            field = (flags or {}).get(name) or f"{where}.{name}"
+            raise UsageError(f"invalid value for {field}: Input should be a finite number (got {value!r})")
+    return options
 
 
 def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -401,10 +401,13 @@ class TrainBatches:
         self.world_size = world_size
         self.mega_batches = mega_batches
         self.epoch = 0
+        self.start = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        """Use the order of ``epoch`` (0-based) from now on."""
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Use the order of ``epoch`` (0-based) from now on, without its first ``start`` batches (done before a
+        training was resumed)."""
         self.epoch = epoch
+        self.start = start
 
     def global_batches(self) -> list[list[int]]:
         """The epoch's batches over all ranks, in order (each ``batch_size * world_size`` samples or fewer)."""
@@ -426,11 +429,11 @@ class TrainBatches:
         return [batches[i] for i in shuffled]
 
     def __iter__(self) -> Iterator[list[int]]:
-        for batch in self.global_batches():
+        for batch in self.global_batches()[self.start:]:
             yield batch[self.rank::self.world_size]
 
     def __len__(self) -> int:
-        return len(self.global_batches())
+        return len(self.global_batches()) - self.start
 
 
 def make_loader(dataset: Any, tokenizer: Any, batch_size: int | None = None, sampler: Any = None,
@@ -444,7 +447,9 @@ def make_loader(dataset: Any, tokenizer: Any, batch_size: int | None = None, sam
     from transformers import DataCollatorWithPadding
 
     if batch_sampler is not None:
-        return torch.utils.data.DataLoader(dataset, batch_sampler=batch_sampler,
+        # its own generator: starting an epoch draws nothing from torch's global one, so a training resumed in the
+        # middle of an epoch continues dropout's random numbers exactly
+        return torch.utils.data.DataLoader(dataset, batch_sampler=batch_sampler, generator=torch.Generator(),
                                            collate_fn=DataCollatorWithPadding(tokenizer))
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler,
                                        collate_fn=DataCollatorWithPadding(tokenizer))

@@ -8,3 +8,7 @@ class UsageError(Exception):
 class PluginError(UsageError):
     """A plugin broke its contract or raised. The message names the plugin; the plugin's own exception, if any,
     is the ``__cause__`` (its traceback is shown under ``--debug``)."""
+
+
+class DivergedError(UsageError):
+    """A training whose loss or gradients stopped being finite. The message names the step and the loss terms."""

@@ -10,7 +10,7 @@ import torch
 from .exits import ExitOutputs, exit_condition, simulate_exits
 from .model import pooling_weights
 from .precision import Precision, full_precision
-from .signals import Signal, checked_score
+from .signals import Signal, checked_score, threshold_range
 
 
 @dataclass
@@ -191,11 +191,19 @@ def model_signal(model: Any, name: str | None = None, options: dict[str, Any] | 
     return signal.eval()
 
 
-def stored_threshold(model: Any, signal_name: str) -> float:
-    """The threshold ``adaptive-exit calibrate`` stored for this signal, or a UsageError saying how to get one."""
+def chosen_threshold(model: Any, signal: Signal, given: float | None) -> float:
+    """``given`` (``--threshold``), checked to be a finite number in the signal's ``threshold_range``; else the
+    threshold ``adaptive-exit calibrate`` stored for this signal, or a UsageError saying how to get one."""
     from .errors import UsageError
 
+    if given is not None:
+        low, high = threshold_range(signal)
+        if not low <= given <= high:  # NaN fails this too
+            raise UsageError(f"--threshold {given} is outside the range of signal '{signal.name}' thresholds "
+                             f"[{low:g}, {high:g}]; pass a threshold within it")
+        return given
     calibration = model.config.get("calibration")
+    signal_name = signal.name
     if not calibration or calibration["signal"] != signal_name:
         raise UsageError(f"no calibrated threshold for signal '{signal_name}' in this model; pass --threshold, or run "
                          f"`adaptive-exit calibrate MODEL_DIR --target-speedup 2` first")
@@ -239,8 +247,7 @@ def predict(model: Any, texts: list[Any], threshold: float | None = None, batch_
     device = next(model.parameters()).device
     runs_in = Precision(precision, device)
     signal_obj = model_signal(model, signal, signal_options).to(device)
-    if threshold is None:
-        threshold = stored_threshold(model, signal_obj.name)
+    threshold = chosen_threshold(model, signal_obj, threshold)
     fields = model.config["text_fields"]
     max_length = model.config["run"]["data"]["max_length"]
     columns = text_columns(list(texts), fields)
@@ -264,6 +271,10 @@ def _answer_batch(model: Any, columns: list[list[str]], rows: list[int], signal:
     out = early_exit_forward(model, batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
                              signal, threshold)
     probabilities = torch.softmax(out.logits.float(), dim=-1).cpu()
+    if not bool(torch.isfinite(probabilities).all()):
+        from .errors import UsageError
+
+        raise UsageError("the model's answers are not finite numbers (its weights hold NaN or inf); train it again")
     exit_index = out.exit_index.cpu()
     for row, original in enumerate(rows):
         label_id = int(probabilities[row].argmax())

@@ -29,8 +29,9 @@ class RunInfo:
     """One ``train`` or ``evaluate`` command, as trackers see it.
 
     ``config`` is the nested run configuration; ``plugins`` maps each chosen plugin kind to
-    ``{"name", "plugin", "version"}``; ``state`` is scratch space for trackers (the MLflow run id);
-    ``parent`` is the ``sweep`` run a child run belongs to.
+    ``{"name", "plugin", "version"}``; ``state`` is scratch space for trackers (the MLflow run id), kept in
+    training checkpoints (so plain values only); ``parent`` is the ``sweep`` run a child run belongs to;
+    ``resumed`` says that a training continues from a checkpoint, with ``state`` as its trackers left it.
     """
 
     command: str
@@ -42,6 +43,7 @@ class RunInfo:
     parent: "RunInfo | None" = None
     argv: list[str] = field(default_factory=lambda: list(sys.argv))
     state: dict[str, Any] = field(default_factory=dict)
+    resumed: bool = False
 
 
 def error_line(exc: BaseException) -> str:

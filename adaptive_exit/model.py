@@ -109,21 +109,19 @@ class MultiExitModel(torch.nn.Module):
         save_file(state, str(directory / WEIGHTS))
         if signal is not None and len(signal.state_dict()) > 0:
             save_file({k: v.contiguous() for k, v in signal.state_dict().items()}, str(directory / SIGNAL_WEIGHTS))
-        write_config(directory / MODEL_CONFIG, self.config)
+        write_json_atomically(directory / MODEL_CONFIG, self.config)
         return directory
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> "MultiExitModel":
         """Load a model directory written by ``save_pretrained``."""
-        from safetensors.torch import load_file
-
         from .plugins import lookup
 
         directory = Path(directory)
         config = read_model_config(directory)
         backbone = lookup("backbones", config["backbone_type"]).cls()
         model = cls(backbone.load_saved(directory / BACKBONE_DIR), config)
-        model.load_state_dict(load_file(str(directory / WEIGHTS)))
+        model.load_state_dict(read_weights(directory / WEIGHTS))
         model.directory = directory
         model.eval()
         return model
@@ -149,7 +147,18 @@ def read_model_config(directory: str | Path) -> dict[str, Any]:
     config_path = Path(directory) / MODEL_CONFIG
     if not config_path.is_file():
         raise UsageError(f"'{directory}' is not a model directory (no {MODEL_CONFIG}); pass the --output-dir of a train run")
-    return json.loads(config_path.read_text())
+    return read_json(config_path)
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON file the project wrote (a model's config, its evaluation, a sweep's record), or a UsageError naming
+    the file if it is missing or damaged."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"'{path}' is missing; restore it, or train the model again") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UsageError(f"'{path}' is damaged ({exc}); restore it, or train the model again") from None
 
 
 def chosen_signal_options(trained: dict[str, Any], name: str, given: dict[str, Any] | None) -> dict[str, Any]:
@@ -163,17 +172,17 @@ def chosen_signal_options(trained: dict[str, Any], name: str, given: dict[str, A
 def update_model_config(directory: str | Path, key: str, value: Any) -> None:
     """Set one key of a saved model's config file."""
     path = Path(directory) / MODEL_CONFIG
-    config = json.loads(path.read_text())
+    config = read_json(path)
     config[key] = value
-    write_config(path, config)
+    write_json_atomically(path, config)
 
 
-def write_config(path: Path, config: dict[str, Any]) -> None:
-    """Write a model's config file atomically: a temporary file beside it, flushed to disk, renamed over it,
-    so a crash leaves the old file or the new one, never half of one."""
+def write_json_atomically(path: Path, data: dict[str, Any]) -> None:
+    """Write a JSON file (a model's config, a sweep's record) atomically: a temporary file beside it, flushed to
+    disk, renamed over it, so a crash leaves the old file or the new one, never half of one."""
     temporary = path.with_name(f".{path.name}.tmp")
     with open(temporary, "w") as handle:
-        handle.write(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        handle.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, path)
@@ -181,8 +190,19 @@ def write_config(path: Path, config: dict[str, Any]) -> None:
 
 def load_signal_weights(signal: torch.nn.Module, directory: str | Path) -> None:
     """Load a signal's trained parameters from a model directory, if it saved any."""
-    from safetensors.torch import load_file
-
     path = Path(directory) / SIGNAL_WEIGHTS
     if path.is_file() and len(signal.state_dict()) > 0:
-        signal.load_state_dict(load_file(str(path)))
+        signal.load_state_dict(read_weights(path))
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file of a model directory, or a UsageError naming the file if it is missing
+    or damaged."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (OSError, SafetensorError) as exc:
+        raise UsageError(f"'{path}' cannot be read ({str(exc).splitlines()[0]}); restore it, or train the model "
+                         f"again") from None

@@ -64,11 +64,16 @@ class Precision:
 
     def step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, parameters: Iterable[torch.nn.Parameter],
              max_grad_norm: float) -> torch.Tensor:
-        """Backward pass, gradient clipping and optimizer step; returns the gradients' total norm (unscaled)."""
+        """Backward pass, gradient clipping and optimizer step; returns the gradients' total norm (unscaled).
+
+        Gradients that are not finite are never applied: fp16's scaler skips the step and lowers its scale (a
+        normal event), fp32 and bf16 skip it too and leave stopping to the caller.
+        """
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(optimizer)
         norm = torch.nn.utils.clip_grad_norm_(list(parameters), max_grad_norm)
-        self.scaler.step(optimizer)
+        if self.scaler.is_enabled() or torch.isfinite(norm):
+            self.scaler.step(optimizer)
         self.scaler.update()
         return norm
 

@@ -16,11 +16,23 @@ from .errors import UsageError
 
 
 @contextlib.contextmanager
-def claimed_output_dir(output_dir: str) -> Iterator[None]:
-    """Check that ``output_dir`` is free and writable, and hold a lock on ``<output_dir>.lock`` meanwhile, so a
-    second run into the same directory fails at once."""
+def claimed_output_dir(output_dir: str, resume: bool = False) -> Iterator[None]:
+    """Check that ``output_dir`` is free (with ``resume``: holds checkpoints) and writable, and hold a lock on
+    ``<output_dir>.lock`` meanwhile, so a second run into the same directory fails at once."""
+    from .checkpoints import DIRECTORY as CHECKPOINTS, has_checkpoints
+    from .model import MODEL_CONFIG
+
     directory = Path(output_dir)
-    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+    if (directory / MODEL_CONFIG).exists():
+        raise UsageError(f"output directory '{output_dir}' holds a finished model; pass another --output-dir")
+    if resume and not has_checkpoints(directory):
+        raise UsageError(f"'{output_dir}' holds no checkpoint to resume from; run the same command without --resume")
+    if not resume and not has_checkpoints(directory):  # a training killed while it wrote its first checkpoint
+        shutil.rmtree(directory / CHECKPOINTS, ignore_errors=True)
+    if not resume and has_checkpoints(directory):
+        raise UsageError(f"output directory '{output_dir}' holds the checkpoints of an unfinished training; add "
+                         f"--resume to continue it, or pass another --output-dir")
+    if not resume and directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
         raise UsageError(f"output directory '{output_dir}' exists and is not empty; pass another --output-dir")
     lock_path = Path(f"{str(directory).rstrip('/')}.lock")
     try:
@@ -42,14 +54,18 @@ def claimed_output_dir(output_dir: str) -> Iterator[None]:
             lock_path.unlink(missing_ok=True)
 
 
-def check_disk_room(output_dir: str, model: Any) -> None:
-    """A UsageError if the output directory's disk cannot hold the model (its parameters in fp32, twice: the
-    model is written beside the directory, then renamed)."""
-    need = 2 * sum(p.numel() * 4 for p in model.parameters())
+def check_disk_room(output_dir: str, model: Any, checkpoints: bool = True) -> None:
+    """A UsageError if the output directory's disk cannot hold the model (its parameters in fp32) and, with
+    ``checkpoints``, three checkpoints (the two kept and the one being written; each the parameters and the
+    optimizer's two moments: three times the model)."""
+    size = sum(p.numel() * 4 for p in model.parameters())
+    need = size * (10 if checkpoints else 1)
     free = shutil.disk_usage(Path(f"{str(output_dir).rstrip('/')}.lock").parent).free
     if free < need:
-        raise UsageError(f"not enough disk space for the model in '{output_dir}': about {need / 1e6:.0f} MB "
-                         f"needed, {free / 1e6:.0f} MB free; free some space or pass another --output-dir")
+        kept = " and its checkpoints" if checkpoints else ""
+        raise UsageError(f"not enough disk space for the model{kept} in '{output_dir}': about {need / 1e6:.0f} MB "
+                         f"needed, {free / 1e6:.0f} MB free; free some space, pass another --output-dir"
+                         + (", or --checkpoint-every 0" if checkpoints else ""))
 
 
 def check_max_length(max_length: int, encoder: Any, backbone: str) -> None:

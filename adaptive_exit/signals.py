@@ -13,6 +13,8 @@ from .exits import ExitOutputs
 from .hookspecs import hookimpl
 from .plugins import blamed, describe
 
+MARGIN = 0.01  # how far past the scores, as a share of their span, the sweep's grid reaches at each end
+
 
 class NoOptions(BaseModel):
     """A plugin without options."""
@@ -77,10 +79,18 @@ class Signal(torch.nn.Module):
             return torch.tensor(self.bounds, dtype=torch.float64)
         grid = torch.unique(torch.quantile(internal, torch.linspace(0, 1, count, dtype=torch.float64)))
         span = float(internal.max() - internal.min()) or 1.0
-        ends = torch.tensor([float(internal.min()) - 0.01 * span, float(internal.max()) + 0.01 * span],
+        ends = torch.tensor([float(internal.min()) - MARGIN * span, float(internal.max()) + MARGIN * span],
                             dtype=torch.float64)
         # midpoints, so that no threshold sits exactly on a score, where rounding could flip an exit
         return torch.unique(torch.cat([ends, (grid[1:] + grid[:-1]) / 2]))
+
+
+def threshold_range(signal: Signal) -> tuple[float, float]:
+    """The thresholds that make sense for a signal: its ``bounds``, widened by the share of the span that the sweep's
+    grid reaches past the scores at each end (so every threshold a sweep or ``calibrate`` picks is inside)."""
+    low, high = (float(bound) for bound in signal.bounds)
+    spare = MARGIN * max(high - low, 1.0)
+    return low - spare, high + spare
 
 
 def _shape_problem(scores: object, exits: int, batch: int) -> str | None:

@@ -212,20 +212,74 @@ class SweepChild:
     config: RunConfig
 
 
+SWEEP_RECORD = "sweep-run.json"  # in a sweep's output directory: its configurations and its parent run
+
+
+def read_sweep_record(output_dir: str, configs: dict[str, Any]) -> dict[str, Any]:
+    """The record of the sweep in ``output_dir``, checked to be of the same configurations (``configs``: child name
+    -> its run configuration); a UsageError if there is none or it differs."""
+    from .checkpoints import differences
+    from .model import read_json
+
+    path = Path(output_dir) / SWEEP_RECORD
+    if not path.is_file():
+        raise UsageError(f"'{output_dir}' holds no sweep to resume (no {SWEEP_RECORD}); run the sweep without --resume")
+    record = read_json(path)
+    configs = json.loads(json.dumps(configs))
+    if sorted(record["configs"]) != sorted(configs):
+        raise UsageError(f"the sweep in '{output_dir}' is of other configurations ({', '.join(record['configs'])}); "
+                         f"resume it with the flags that started it")
+    for name, config in configs.items():
+        differ = differences(record["configs"][name], config)
+        if differ:
+            raise UsageError(f"the sweep in '{output_dir}' trained {name} with another configuration ({differ}); "
+                             f"resume it with the flags that started it")
+    return record
+
+
 @contextlib.contextmanager
 def parent_run(command: str, experiment: str, config: dict[str, Any], output_dir: str, tracking: bool = True,
-               title: str | None = None) -> Iterator[RunInfo]:
-    """The run that child runs nest under, with the lifecycle of any other run (FINISHED, FAILED or KILLED)."""
+               title: str | None = None, configs: dict[str, Any] | None = None,
+               resume: bool = False) -> Iterator[RunInfo]:
+    """The run that child runs nest under, with the lifecycle of any other run (FINISHED, FAILED or KILLED).
+
+    ``<output_dir>/sweep-run.json`` records the children's ``configs`` (name -> run configuration) and the
+    parent's tracker state; with ``resume``, the run that record names goes on, RUNNING again.
+    """
+    from .model import write_json_atomically
+
+    configs = configs or {}
+    state = read_sweep_record(output_dir, configs)["state"] if resume else {}
     Path(output_dir).mkdir(parents=True, exist_ok=True)
-    parent = RunInfo(command, config, {}, experiment, tracking, run_name=title or command)
+    parent = RunInfo(command, config, {}, experiment, tracking, run_name=title or command, state=state, resumed=resume)
     with lifecycle(parent) as outcome:
+        write_json_atomically(Path(output_dir) / SWEEP_RECORD, {"configs": configs, "state": parent.state})
         outcome["output_dir"] = output_dir
         yield parent
 
 
+def finished_child(child: SweepChild) -> ChildResult | None:
+    """The result of a child whose model is saved already (None if it is not), checked to be of its configuration."""
+    from .checkpoints import differences
+    from .model import MODEL_CONFIG, read_json, read_model_config
+    from .training import EVALUATION
+
+    directory = Path(child.config.output_dir)
+    if not (directory / MODEL_CONFIG).is_file():
+        return None
+    differ = differences(read_model_config(directory)["run"], child.config.model_dump(), ("train.precision",))
+    if differ:
+        raise UsageError(f"the model in '{directory}' was trained with another configuration ({differ}); resume the "
+                         f"sweep with the flags that started it")
+    result = EvaluationResult.from_dict(read_json(directory / EVALUATION))
+    return ChildResult(child.name, child.group, child.config.train.seed, result, str(directory))
+
+
 def train_children(children: list[SweepChild], parent: RunInfo, title: str = "comparison") -> Comparison:
     """Train every child as a child run of ``parent``; the comparison of their final evaluation sweeps. A child
-    that fails (its run FAILED) is recorded with its error and the others still train; Ctrl-C stops them all."""
+    that fails (its run FAILED) is recorded with its error and the others still train; Ctrl-C stops them all.
+    A child whose model is saved already is not trained again; one with checkpoints is resumed."""
+    from .checkpoints import has_checkpoints
     from .training import train
 
     if not children:
@@ -233,8 +287,14 @@ def train_children(children: list[SweepChild], parent: RunInfo, title: str = "co
     outcomes = []
     for child in children:
         seed = child.config.train.seed
+        done = finished_child(child)
+        if done is not None:
+            print(f"sweep: {child.name} was trained before; its model is in {done.output_dir}", file=sys.stderr)
+            outcomes.append(done)
+            continue
         try:
-            result, child_dir = train(child.config, parent=parent, run_name=child.name)
+            result, child_dir = train(child.config, parent=parent, run_name=child.name,
+                                      resume=has_checkpoints(child.config.output_dir))
         except Exception as exc:
             print(f"sweep: {child.name} failed: {error_line(exc)}", file=sys.stderr)
             outcomes.append(ChildResult(child.name, child.group, seed, None, child.config.output_dir, error_line(exc)))
@@ -252,15 +312,17 @@ def publish(comparison: Comparison, directory: str | Path, parent: RunInfo) -> l
 
 
 def run_sweep(children: list[SweepChild], experiment: str, output_dir: str, tracking: bool = True,
-              grid: dict[str, list[Any]] | None = None, title: str = "sweep") -> Comparison:
+              grid: dict[str, list[Any]] | None = None, title: str = "sweep", resume: bool = False) -> Comparison:
     """Train every child as a child run of one parent run; write and log the comparison.
 
     The comparison files go to ``output_dir`` and, through ``on_sweep_end``, to the trackers. A child that
     fails is a row with its error, and the others go on; then the parent ends FAILED and ``PartialSweep``
-    is raised. An interrupt ends the running child and the parent KILLED; finished children stay.
+    is raised. An interrupt ends the running child and the parent KILLED; finished children stay. With
+    ``resume`` the sweep in ``output_dir`` goes on under its parent run: finished children are not trained again.
     """
     config = {"grid": grid or {}, "children": [c.name for c in children]}
-    with parent_run("sweep", experiment, config, output_dir, tracking, title) as parent:
+    configs = {c.name: c.config.model_dump() for c in children}
+    with parent_run("sweep", experiment, config, output_dir, tracking, title, configs, resume) as parent:
         comparison = train_children(children, parent, title)
         publish(comparison, output_dir, parent)
         failed = comparison.failed()

@@ -10,6 +10,7 @@ import os
 import re
 import socket
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -27,7 +28,6 @@ from .hookspecs import hookimpl
 
 RUN_ID = "mlflow_run_id"
 PID, HOST = "adaptive_exit.pid", "adaptive_exit.host"
-SHARES = "exit_shares"
 SHARE_KEY = re.compile(r"^(?P<group>.+)/exit_(?P<exit>\d+)$")
 
 
@@ -130,6 +130,24 @@ def check_server_answers(tracking_uri: str, timeout: float = 5.0) -> None:
                          f"MLFLOW_TRACKING_URI at another store, or pass --no-track") from None
 
 
+def resume_run(run_id: str, owner: dict[str, str]) -> None:
+    """Make ``run_id`` the active run again (RUNNING, owned by this process, without the tags that said why it
+    stopped), or a UsageError if this store cannot give it back."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        active = mlflow.start_run(run_id=run_id, tags=owner, nested=mlflow.active_run() is not None)  # a sweep's child
+    except MlflowException as exc:
+        raise UsageError(f"cannot resume MLflow run {run_id} in the store {mlflow.get_tracking_uri()} "
+                         f"({str(exc).splitlines()[0]}); point MLFLOW_TRACKING_URI at the store the run started "
+                         f"in") from None
+    for stale in ("adaptive_exit.failure", "adaptive_exit.error"):
+        if stale in active.data.tags:
+            mlflow.MlflowClient().delete_tag(run_id, stale)
+    mlflow.set_tag("adaptive_exit.resumed", " ".join(sys.argv))
+
+
 @hookimpl
 def on_run_start(run: Any) -> None:
     if not run.tracking:
@@ -143,6 +161,9 @@ def on_run_start(run: Any) -> None:
         fail_dead_runs(MlflowClient())
         mlflow.set_experiment(run.experiment)
     owner = {PID: str(os.getpid()), HOST: socket.gethostname()}  # with the run from its first moment
+    if run.resumed and RUN_ID in run.state:
+        resume_run(run.state[RUN_ID], owner)
+        return
     active = mlflow.start_run(run_name=run.run_name, nested=parent is not None, parent_run_id=parent, tags=owner)
     run.state[RUN_ID] = active.info.run_id
     params = {key: value for key, value in flatten(run.config).items()}
@@ -175,11 +196,17 @@ def on_step_end(run: Any, step: int, logs: dict[str, float]) -> None:
     found = _client_and_run(run)
     if found:
         _log_metrics(*found, [(key, value, step) for key, value in logs.items() if key != "epoch"])
-        for key, value in logs.items():
-            match = SHARE_KEY.match(key)
-            if match:
-                group = run.state.setdefault(SHARES, {}).setdefault(match["group"], {})
-                group.setdefault(step, {})[int(match["exit"])] = value
+
+
+def logged_shares(client: Any, run_id: str) -> dict[str, dict[int, dict[int, float]]]:
+    """The run's ``name/exit_k`` step metrics: name -> step -> exit -> value (the last value logged at a step)."""
+    shares: dict[str, dict[int, dict[int, float]]] = {}
+    for key in client.get_run(run_id).data.metrics:
+        match = SHARE_KEY.match(key)
+        if match:
+            for metric in client.get_metric_history(run_id, key):
+                shares.setdefault(match["group"], {}).setdefault(metric.step, {})[int(match["exit"])] = metric.value
+    return shares
 
 
 def plot_shares(name: str, shares: dict[int, dict[int, float]], path: Path) -> Path:
@@ -297,8 +324,9 @@ def on_run_end(run: Any, status: str, output_dir: str | None, error: str | None)
     try:
         if error:
             client.set_tag(run_id, "adaptive_exit.error", error[:5000])
+        shares = logged_shares(client, run_id)
         _log_written(client, run_id, lambda directory: [_write_config(run.config, directory / "config.yaml")] + [
-            plot_shares(name, shares, directory / f"{name}.png") for name, shares in run.state.get(SHARES, {}).items()])
+            plot_shares(name, by_step, directory / f"{name}.png") for name, by_step in shares.items()])
         if output_dir:
             client.set_tag(run_id, "adaptive_exit.output_dir", str(Path(output_dir).resolve()))
         if status == "FINISHED" and run.command == "train" and output_dir and run.config["tracking"]["log_model"]:

@@ -17,19 +17,21 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import checkpoints
 from .calibration import calibration_record, choose_threshold
 from .config import RunConfig, validate_options
 from .data import TrainBatches, load_task, make_loader, token_lengths, tokenize
-from .errors import UsageError
+from .errors import DivergedError, UsageError
 from .evaluation import EvaluationResult, split_outputs, sweep
 from .lifecycle import RunInfo, lifecycle
-from .model import MultiExitModel
+from .model import MultiExitModel, write_json_atomically
 from .plugins import blamed, call_lifecycle, create, lookup
 from .precision import Precision
 from .preflight import check_disk_room, check_max_length, claimed_output_dir
 from .weighting import checked_loss
 
 EVAL_BATCH_SIZE = 64
+EVALUATION = "evaluation.json"  # the final evaluation, saved with the model
 
 
 def set_seed(seed: int) -> None:
@@ -127,13 +129,14 @@ def store_calibration(model: MultiExitModel, result: EvaluationResult, config: R
                         calibrated_metric=point.metric)
 
 
-def save_atomically(model: MultiExitModel, signal: torch.nn.Module, output_dir: str) -> None:
-    """Save into a staging folder beside ``output_dir``, then rename it: an interrupted save leaves no half model."""
-    staging = Path(f"{output_dir.rstrip('/')}.partial")
-    if staging.exists():
-        shutil.rmtree(staging)
-    model.save_pretrained(staging, signal=signal)
-    os.replace(staging, output_dir)
+def save_model(model: MultiExitModel, signal: torch.nn.Module, result: EvaluationResult, output_dir: str) -> None:
+    """Save the final evaluation (``evaluation.json``) and the model into ``output_dir`` (the model's config file,
+    which every command reads first, last and atomically: an interrupted save leaves no loadable half model),
+    then delete the training's checkpoints."""
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    write_json_atomically(Path(output_dir) / EVALUATION, result.to_dict())
+    model.save_pretrained(output_dir, signal=signal)
+    shutil.rmtree(checkpoints.checkpoint_dir(output_dir), ignore_errors=True)
 
 
 def train_step(forward: torch.nn.Module, model: MultiExitModel, signal: torch.nn.Module, weighting: Any,
@@ -158,7 +161,11 @@ def train_step(forward: torch.nn.Module, model: MultiExitModel, signal: torch.nn
         total = total + signal_loss
         logs["signal_loss"] = float(signal_loss.detach())
     optimizer.zero_grad(set_to_none=True)
-    precision.step(total, optimizer, [*model.parameters(), *signal.parameters()], max_grad_norm)
+    norm = precision.step(total, optimizer, [*model.parameters(), *signal.parameters()], max_grad_norm)
+    if not torch.isfinite(total.detach()) or (not torch.isfinite(norm) and precision.name != "fp16"):
+        terms = ", ".join(f"{key} {value:.4g}" for key, value in logs.items())
+        raise DivergedError(f"training diverged at step {step + 1}: loss {float(total.detach()):.4g}, gradient norm "
+                            f"{float(norm):.4g} ({terms}); lower --lr or --head-lr, or check the weighting and signal")
     scheduler.step()
     logs.update(loss=float(total.detach()), lr=scheduler.get_last_lr()[0])
     return logs
@@ -202,90 +209,140 @@ def resolve_options(config: RunConfig) -> RunConfig:
     return config.model_copy(update=resolved)
 
 
-def train(config: RunConfig, parent: RunInfo | None = None,
-          run_name: str | None = None) -> tuple[EvaluationResult | None, str | None]:
+def load_task_once(config: RunConfig, dist: Distributed) -> Any:
+    """The dataset, prepared by rank 0 first (it may download and cache it), then read by the other ranks."""
+    if dist.main:
+        task = load_task(config.data)
+    dist.barrier()
+    return task if dist.main else load_task(config.data)
+
+
+def train(config: RunConfig, parent: RunInfo | None = None, run_name: str | None = None,
+          resume: bool = False) -> tuple[EvaluationResult | None, str | None]:
     """Train, evaluate and save one model; returns the final evaluation and the output directory (rank 0).
 
-    ``parent`` makes the run a child of a sweep's run; ``run_name`` names it (default: weighting-signal).
+    ``parent`` makes the run a child of a sweep's run; ``run_name`` names it (default: weighting-signal);
+    ``resume`` continues the training whose checkpoints are in ``config.output_dir``, into the same run.
     """
     dist = setup_distributed()
-    output_dir = config.output_dir or default_output_dir(config)
     plugins = chosen_plugins(config)
     precision = Precision(config.train.precision, dist.device)
     if dist.main:
         print(f"adaptive-exit: {describe_setup(precision, config, dist)}", file=sys.stderr)
     config = resolve_options(config)
-    config = config.model_copy(update={"train": config.train.model_copy(update={"precision": precision.name})})
+    config = config.model_copy(update={"output_dir": config.output_dir or default_output_dir(config),
+                                       "train": config.train.model_copy(update={"precision": precision.name})})
+    output_dir = config.output_dir
     set_seed(config.train.seed)
-    run = RunInfo("train", config.model_dump(), plugins, config.tracking.experiment or config.data.dataset,
-                  config.tracking.enabled, run_name=run_name or f"{config.weighting.name}-{config.signal.name}",
-                  parent=parent)
-    claimed = claimed_output_dir(output_dir) if dist.main else contextlib.nullcontext()
-    with claimed, lifecycle(run, active=dist.main) as outcome:
-        if dist.main:
-            task = load_task(config.data)
-        dist.barrier()
-        if not dist.main:
-            task = load_task(config.data)
-        if dist.main:
-            call_lifecycle("on_data_loaded", run=run, task=task, splits=("train", config.data.eval_split))
-        encoder = lookup("backbones", config.model.backbone_type).cls().load(config.model.backbone,
-                                                                             config.model.num_layers)
-        check_max_length(config.data.max_length, encoder, config.model.backbone)
-        num_labels = len(task.label_names)
-        model = MultiExitModel(encoder, model_config(config, task, num_labels)).to(dist.device)
-        if dist.main:
-            check_disk_room(output_dir, model)
-        signal = create("signals", config.signal.name, config.signal.options, num_exits=model.num_exits,
-                        hidden_size=encoder.hidden_size, num_labels=num_labels).to(dist.device)
-        eval_split = config.data.eval_split
-        tokenized = tokenize(task, encoder.tokenizer, config.data.max_length, ("train", eval_split))
-        loader = train_loader(tokenized["train"], encoder.tokenizer, config, dist)
-        total_steps = len(loader) * config.train.epochs
-        weighting = create("weightings", config.weighting.name, config.weighting.options, signal=signal,
-                           num_exits=model.num_exits, total_steps=total_steps)
-        trainable = Trainable(model, signal)
-        # weightings may freeze parameters for a stage, so some parameters can get no gradient in a step
-        wrapped = (torch.nn.parallel.DistributedDataParallel(trainable, find_unused_parameters=True)
-                   if dist.world_size > 1 else trainable)
-        optimizer = make_optimizer(model, signal, config)
-        from transformers import get_linear_schedule_with_warmup
-
-        scheduler = get_linear_schedule_with_warmup(optimizer, int(config.train.warmup_ratio * total_steps),
-                                                    total_steps)
-        result = None
-        step = 0
-        for epoch in range(config.train.epochs):
-            loader.batch_sampler.set_epoch(epoch)
-            with blamed("weightings", type(weighting), "start_epoch"):
-                weighting.start_epoch(model, epoch)
-            wrapped.train()
-            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.train.epochs}", disable=not dist.main,
-                       mininterval=1.0, dynamic_ncols=True)
-            for batch in bar:
-                batch = {k: v.to(dist.device) for k, v in batch.items()}
-                logs = train_step(wrapped, model, signal, weighting, optimizer, scheduler, batch, step,
-                                  config.train.max_grad_norm, precision)
-                step += 1
-                logs["epoch"] = epoch + 1
-                bar.set_postfix(loss=f"{logs['loss']:.4f}", refresh=False)
-                if dist.main:
-                    call_lifecycle("on_step_end", run=run, step=step, logs=logs)
-            with blamed("weightings", type(weighting), "end_epoch"):
-                weighting.end_epoch(epoch)
+    claimed = claimed_output_dir(output_dir, resume) if dist.main else contextlib.nullcontext()
+    with claimed:
+        saved = checkpoints.newest(output_dir) if resume else None
+        if saved is not None:
+            checkpoints.check_resumable(saved, config.model_dump(), dist.world_size)
+        run = RunInfo("train", config.model_dump(), plugins, config.tracking.experiment or config.data.dataset,
+                      config.tracking.enabled, run_name=run_name or f"{config.weighting.name}-{config.signal.name}",
+                      parent=parent, state=dict(saved["run"]) if saved else {}, resumed=saved is not None)
+        with lifecycle(run, active=dist.main) as outcome:
+            model, signal, result = fit(config, run, dist, precision, saved)
             if dist.main:
-                signal.eval()
-                outs, labels = split_outputs(model, tokenized[eval_split], EVAL_BATCH_SIZE, dist.device, precision)
-                result = sweep(outs, labels, signal, task.metric)
-                result.epoch = epoch + 1
+                store_calibration(model, result, config)
                 call_lifecycle("on_evaluate_end", run=run, results=result)
-            dist.barrier()
-        if dist.main:
-            result.epoch = None
-            store_calibration(model, result, config)
-            call_lifecycle("on_evaluate_end", run=run, results=result)
-            save_atomically(model, signal, output_dir)
-            outcome["output_dir"] = output_dir
+                save_model(model, signal, result, output_dir)
+                outcome["output_dir"] = output_dir
     if dist.world_size > 1:
         torch.distributed.destroy_process_group()
     return result, (output_dir if dist.main else None)
+
+
+def fit(config: RunConfig, run: RunInfo, dist: Distributed, precision: Precision,
+        saved: dict[str, Any] | None) -> tuple[MultiExitModel, torch.nn.Module, EvaluationResult | None]:
+    """Build model, signal, weighting and optimizer, continue from the checkpoint ``saved`` (if any), and train
+    for ``config.train.epochs`` epochs, evaluating after each; returns model, signal and the last evaluation
+    (rank 0; None on the other ranks)."""
+    task = load_task_once(config, dist)
+    if dist.main and saved is None:
+        call_lifecycle("on_data_loaded", run=run, task=task, splits=("train", config.data.eval_split))
+    encoder = lookup("backbones", config.model.backbone_type).cls().load(config.model.backbone,
+                                                                         config.model.num_layers)
+    check_max_length(config.data.max_length, encoder, config.model.backbone)
+    num_labels = len(task.label_names)
+    model = MultiExitModel(encoder, model_config(config, task, num_labels)).to(dist.device)
+    if dist.main:
+        check_disk_room(config.output_dir, model, checkpoints=config.train.checkpoint_every != 0)
+    signal = create("signals", config.signal.name, config.signal.options, num_exits=model.num_exits,
+                    hidden_size=encoder.hidden_size, num_labels=num_labels).to(dist.device)
+    eval_split = config.data.eval_split
+    tokenized = tokenize(task, encoder.tokenizer, config.data.max_length, ("train", eval_split))
+    loader = train_loader(tokenized["train"], encoder.tokenizer, config, dist)
+    epochs = config.train.epochs
+    total_steps = len(loader) * epochs
+    weighting = create("weightings", config.weighting.name, config.weighting.options, signal=signal,
+                       num_exits=model.num_exits, total_steps=total_steps)
+    optimizer = make_optimizer(model, signal, config)
+    from transformers import get_linear_schedule_with_warmup
+
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(config.train.warmup_ratio * total_steps), total_steps)
+    shared = {"model": model, "signal": signal, "optimizer": optimizer, "scheduler": scheduler,
+              "scaler": precision.scaler}
+    start = checkpoints.restore_shared(saved, shared) if saved is not None else checkpoints.Position()
+    trainable = Trainable(model, signal)
+    # weightings may freeze parameters for a stage, so some parameters can get no gradient in a step
+    wrapped = (torch.nn.parallel.DistributedDataParallel(trainable, find_unused_parameters=True)
+               if dist.world_size > 1 else trainable)
+    if saved is not None:
+        mine = saved["ranks"][dist.rank]
+        if start.batch:  # the checkpoint is inside this epoch: its start_epoch ran before the state was taken
+            with blamed("weightings", type(weighting), "start_epoch"):
+                weighting.start_epoch(model, start.epoch)
+        with blamed("weightings", type(weighting), "load_state_dict"):
+            weighting.load_state_dict(mine["weighting"])
+        checkpoints.set_rng_state(mine["rng"])
+        if dist.main:
+            print(f"adaptive-exit: resuming from {saved['path']} (epoch {start.epoch + 1}, step {start.step})",
+                  file=sys.stderr)
+    schedule = checkpoints.Schedule(config.train.checkpoint_every, dist.world_size)
+
+    def checkpoint(position: checkpoints.Position) -> None:
+        state = checkpoints.capture(shared, {"weighting": weighting}, position,
+                                    {"config": config.model_dump(), "run": dict(run.state)}, dist.world_size)
+        if dist.main:
+            checkpoints.write(config.output_dir, state, position.step)
+        schedule.written()
+        dist.barrier()
+
+    result = None
+    step = start.step
+    for epoch in range(start.epoch, epochs):
+        skip = start.batch if epoch == start.epoch else 0
+        loader.batch_sampler.set_epoch(epoch, skip)
+        if not skip:
+            with blamed("weightings", type(weighting), "start_epoch"):
+                weighting.start_epoch(model, epoch)
+        wrapped.train()
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", disable=not dist.main, initial=skip,
+                   total=skip + len(loader), mininterval=1.0, dynamic_ncols=True)
+        for batch_index, batch in enumerate(bar, start=skip + 1):
+            batch = {k: v.to(dist.device) for k, v in batch.items()}
+            logs = train_step(wrapped, model, signal, weighting, optimizer, scheduler, batch, step,
+                              config.train.max_grad_norm, precision)
+            step += 1
+            logs["epoch"] = epoch + 1
+            bar.set_postfix(loss=f"{logs['loss']:.4f}", refresh=False)
+            if dist.main:
+                call_lifecycle("on_step_end", run=run, step=step, logs=logs)
+            if batch_index < skip + len(loader) and schedule.due(step, end_of_epoch=False):
+                checkpoint(checkpoints.Position(epoch, batch_index, step))
+        with blamed("weightings", type(weighting), "end_epoch"):
+            weighting.end_epoch(epoch)
+        if dist.main:
+            signal.eval()
+            outs, labels = split_outputs(model, tokenized[eval_split], EVAL_BATCH_SIZE, dist.device, precision)
+            result = sweep(outs, labels, signal, task.metric)
+            result.epoch = epoch + 1
+            call_lifecycle("on_evaluate_end", run=run, results=result)
+        dist.barrier()
+        if epoch + 1 < epochs and schedule.due(step, end_of_epoch=True):
+            checkpoint(checkpoints.Position(epoch + 1, 0, step))
+    if dist.main:
+        result.epoch = None
+    return model, signal, result

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from pydantic import BaseModel
@@ -30,7 +30,9 @@ class Weighting:
     flag) and implement ``loss``. ``start_epoch`` and ``start_step`` may freeze or unfreeze parameters
     for training stages; ``loss`` receives the optimizer step so it can follow schedules or alternate
     objectives; ``end_epoch`` may update statistics gathered during the epoch. A parameter frozen with
-    ``requires_grad_(False)`` gets no gradient and the optimizer leaves it exactly as it is.
+    ``requires_grad_(False)`` gets no gradient and the optimizer leaves it exactly as it is. A weighting
+    with state of its own implements ``state_dict`` and ``load_state_dict``, so that ``train --resume``
+    continues it exactly.
     """
 
     name: ClassVar[str] = ""
@@ -55,6 +57,16 @@ class Weighting:
 
     def end_epoch(self, epoch: int) -> None:
         """Called after each epoch (0-based)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a training resumed from a checkpoint needs to continue this weighting exactly (statistics, a
+        stage: what is not in the options or derived from the step), as tensors, numbers, strings, lists and dicts.
+        The default: nothing."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned. On a resume it is called after ``__init__`` (and after
+        ``start_epoch``, where the checkpoint was taken inside an epoch), before the next ``start_step``."""
 
 
 def checked_loss(weighting: Weighting, outputs: ExitOutputs, labels: torch.Tensor, step: int) -> WeightingLoss:

@@ -38,8 +38,11 @@ def test_invalid_flag_value_names_the_field(cli):
 
 
 @pytest.mark.parametrize("value", ["inf", "nan"])
-def test_non_finite_learning_rate(cli, value):
+def test_non_finite_learning_rate_and_plugin_option(cli, value):
     assert_usage_error(cli("train", "--head-lr", value), "train.head_lr", "finite number")
+    # nan already fails the option's own bound (>= 0); inf passes it and meets the finite check
+    assert_usage_error(cli("train", "--weighting", "cosee", "--beta0", value), "invalid value for --beta0",
+                       "finite number" if value == "inf" else "greater than or equal to 0")
 
 
 def test_invalid_yaml_value_names_the_field(cli, tmp_path):

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import TINY
@@ -24,3 +25,16 @@ def test_two_process_torchrun_trains_one_model_and_one_run(env, tmp_path):
     assert run.info.status == "FINISHED"
     # 64 samples over 2 processes with batch 16: 2 optimizer steps
     assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2]
+
+
+@pytest.mark.slow  # about 70 s on 2 cores: three two-process trainings
+def test_a_killed_torchrun_training_resumes_bit_exactly(env, tmp_path):
+    from test_resume import killed_and_resumed
+
+    torchrun = Path(sys.executable).with_name("torchrun")
+    launch = [str(torchrun) if torchrun.exists() else shutil.which("torchrun"), "--nproc_per_node=2",
+              "--standalone", "-m", "adaptive_exit"]
+    # 256 samples over 2 processes with batch 16: 8 steps per epoch
+    killed_and_resumed(launch, env, tmp_path, [*TINY, "--epochs", "2", "--weighting", "cosee", "--max-train-samples",
+                                                "256", "--max-eval-samples", "32", "--checkpoint-every", "2",
+                                                "--precision", "fp32"], steps=16)

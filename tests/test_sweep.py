@@ -86,9 +86,10 @@ def test_sweep_option_of_no_chosen_plugin_is_an_error(cli):
                                    "weightings")
 
 
-def test_a_failing_child_does_not_stop_the_sweep(cli, tmp_path):
-    done = cli("sweep", *TINY, "--num-layers", "9,1", "--max-train-samples", "16", "--max-eval-samples", "16",
-               "--output-dir", "sweep")
+def test_a_failing_child_does_not_stop_the_sweep_and_resume_trains_only_what_is_missing(cli, tmp_path):
+    sweep = ("sweep", *TINY, "--num-layers", "9,1", "--max-train-samples", "16", "--max-eval-samples", "16",
+             "--output-dir", "sweep")
+    done = cli(*sweep)
     assert done.returncode == 1, done.stderr[-3000:]
     assert "Traceback" not in done.stderr
     failed = [line for line in done.stdout.splitlines() if line.startswith("num_layers=9")]
@@ -105,3 +106,18 @@ def test_a_failing_child_does_not_stop_the_sweep(cli, tmp_path):
     assert runs.loc["num_layers=1", "status"] == "FINISHED"
     parent = runs[runs["tags.adaptive_exit.command"] == "sweep"].iloc[0]
     assert parent.status == "FAILED" and parent["tags.adaptive_exit.error"].startswith("1 of 2 configurations")
+
+    assert "--resume to continue the sweep" in cli(*sweep).stderr
+    assert "holds no sweep to resume" in cli(*sweep[:-1], "elsewhere", "--resume").stderr
+    again = cli(*sweep, "--resume")
+    assert again.returncode == 1, again.stderr[-3000:]
+    assert "sweep: num_layers=1 was trained before; its model is in sweep/num_layers=1" in again.stderr
+    table = json.loads((tmp_path / "sweep" / "comparison.json").read_text())
+    assert [(g["configuration"], g["runs"], g["failed"]) for g in table["groups"]] == [
+        ("num_layers=9", 0, 1), ("num_layers=1", 1, 0)]
+    runs = mlflow.search_runs(experiment_names=["movie-reviews"])
+    parents = runs[runs["tags.adaptive_exit.command"] == "sweep"]
+    assert len(parents) == 1 and "--resume" in parents["tags.adaptive_exit.resumed"].iloc[0]  # the same parent run
+    children = runs[runs["tags.adaptive_exit.command"] == "train"]
+    assert sorted(children["tags.mlflow.runName"]) == ["num_layers=1", "num_layers=9", "num_layers=9"]
+    assert set(children["tags.mlflow.parentRunId"]) == {parents.run_id.iloc[0]}

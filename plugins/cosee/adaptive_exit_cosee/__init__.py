@@ -206,6 +206,13 @@ class Cosee(Weighting):
             self.threshold_range = (low, high)
         self._seen = [math.inf, -math.inf]
 
+    def state_dict(self) -> dict[str, list[float]]:
+        return {"threshold_range": list(self.threshold_range), "seen": list(self._seen)}
+
+    def load_state_dict(self, state: dict[str, list[float]]) -> None:
+        self.threshold_range = tuple(state["threshold_range"])
+        self._seen = list(state["seen"])
+
 
 @hookimpl
 def register_weightings(register):
