@@ -44,6 +44,10 @@ VARIANTS = {
     "cosee-beta0.2": [*COSEE, "--beta0", "0.2"],
     "cosee-distill2": [*COSEE, "--distill", "2"],
     "cosee-quantiles-distill1": [*COSEE, "--quantile-thresholds", "--distill", "1"],
+    "cosee-mix0.6-distill2": [*COSEE, "--mix", "0.6", "--distill", "2"],
+    "cosee-mix0.8-distill1": [*COSEE, "--mix", "0.8", "--distill", "1"],
+    "cosee-mix0.8-distill2": [*COSEE, "--mix", "0.8", "--distill", "2"],
+    "cosee-mix0.6-distill1-beta0.2": [*COSEE, "--mix", "0.6", "--distill", "1", "--beta0", "0.2"],
 }
 
 
