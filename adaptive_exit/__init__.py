@@ -8,7 +8,8 @@ from .calibration import calibrate_model_dir, choose_threshold
 from .data import DatasetSource, TaskData
 from .errors import UsageError
 from .evaluation import CurvePoint, EvaluationResult, sweep
-from .exits import ExitOutputs, exit_condition, exit_cross_entropy, layer_speedup, simulate_exits
+from .exits import (ExitOutputs, exit_condition, exit_correct, exit_cross_entropy, exit_losses, exit_predictions,
+                    layer_speedup, simulate_exits)
 from .hookspecs import hookimpl
 from .lifecycle import RunInfo
 from .model import MultiExitModel
@@ -19,6 +20,7 @@ from .weighting import Weighting, WeightingLoss
 __all__ = [
     "Backbone", "ChildResult", "Comparison", "CurvePoint", "DatasetSource", "Encoder", "EvaluationResult", "ExitOutputs", "MultiExitModel",
     "NoOptions", "RunInfo", "Signal", "TaskData", "TemperatureOptions", "UsageError", "Weighting", "WeightingLoss",
-    "calibrate_model_dir", "choose_threshold", "exit_condition", "exit_cross_entropy", "hookimpl", "layer_speedup",
+    "calibrate_model_dir", "choose_threshold", "exit_condition", "exit_correct", "exit_cross_entropy", "exit_losses",
+    "exit_predictions", "hookimpl", "layer_speedup",
     "simulate_exits", "sweep",
 ]

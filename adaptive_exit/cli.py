@@ -416,9 +416,10 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     from .plugins import KINDS, scan, source
 
     found = scan()
-    listing: dict[str, list[dict[str, str]]] = {
+    listing: dict[str, list[dict[str, Any]]] = {
         kind: [{"name": e.name, "plugin": e.plugin, "version": e.version,
-                "description": (e.cls.__doc__ or "").strip().splitlines()[0] if e.cls.__doc__ else ""}
+                "description": (e.cls.__doc__ or "").strip().splitlines()[0] if e.cls.__doc__ else "",
+                **({"tasks": list(e.cls.tasks)} if kind == "signals" else {})}
                for e in found.registries[kind].values()] for kind in KINDS}
     listing["broken"] = [{"plugin": b.plugin, "distribution": b.distribution, "version": b.version,
                           "problem": b.problem} for b in found.broken]
@@ -428,7 +429,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     for kind in KINDS:
         print(f"{kind}:")
         for item in listing[kind]:
-            print(f"  {item['name']:<20} {item['plugin']} {item['version']}  {item['description']}")
+            tasks = f"  [{', '.join(item['tasks'])}]" if "tasks" in item else ""
+            print(f"  {item['name']:<20} {item['plugin']} {item['version']}{tasks}  {item['description']}")
     if found.broken:
         print("broken:")
         for broken in found.broken:

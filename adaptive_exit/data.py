@@ -25,14 +25,22 @@ SPLITS = ("train", "validation", "test")
 class TaskData:
     """Labelled text in ``datasets.DatasetDict`` splits 'train', 'validation', 'test'.
 
-    Each split has the ``text_fields`` columns and an integer ``label`` column; ``metric`` is
-    'accuracy' or 'f1' (binary F1 of label 1).
+    Each split has the ``text_fields`` columns and a ``label`` column: an integer class for the task
+    'classification' (``label_names`` names the classes), a float target for 'regression' (no
+    ``label_names``). ``metric`` is the sweep's metric: 'accuracy' or 'f1' (binary F1 of label 1) for
+    classification, 'pearson' for regression.
     """
 
     splits: Any
     text_fields: tuple[str, ...]
     label_names: list[str]
     metric: str = "accuracy"
+    task: str = "classification"
+
+    @property
+    def num_outputs(self) -> int:
+        """Outputs of each exit head: one per class, or one value."""
+        return 1 if self.task == "regression" else len(self.label_names)
 
 
 class DatasetSource:
@@ -127,21 +135,47 @@ class MovieReviews(DatasetSource):
     def load(self, config: DataConfig, subset: str | None) -> TaskData:
         return TaskData(_prepared("movie-reviews", self._build), ("text",), ["negative", "positive"])
 
-    def _build(self) -> Any:
-        from datasets import Dataset, DatasetDict
-
+    def ratings(self) -> tuple[list[str], list[float]]:
+        """Every sentence with its mean human rating (-4..4), those rated exactly 0 left out."""
         inner = _read_member(fetch_sdist(self.requirement), "additional_resources/hutto_ICWSM_2014.tar.gz")
         with tarfile.open(fileobj=io.BytesIO(inner)) as tar:
             member = next(m for m in tar.getmembers() if m.name.endswith("movieReviewSnippets_GroundTruth.txt"))
             raw = tar.extractfile(member).read().decode("utf-8", errors="replace")
-        texts, labels = [], []
+        texts, ratings = [], []
         for line in raw.splitlines():
             parts = line.strip().split("\t")
             if len(parts) != 3 or float(parts[1]) == 0:
                 continue
             texts.append(parts[2])
-            labels.append(int(float(parts[1]) > 0))
-        train, validation, test = _split_validation_test(Dataset.from_dict({"text": texts, "label": labels}), 1000, 42)
+            ratings.append(float(parts[1]))
+        return texts, ratings
+
+    def _build(self) -> Any:
+        from datasets import Dataset, DatasetDict
+
+        texts, ratings = self.ratings()
+        rows = Dataset.from_dict({"text": texts, "label": [int(rating > 0) for rating in ratings]})
+        train, validation, test = _split_validation_test(rows, 1000, 42)
+        return DatasetDict(train=train, validation=validation, test=test)
+
+
+class MovieReviewsRating(MovieReviews):
+    """The sentences and splits of ``movie-reviews``, each with its mean human rating (-4..4) as a regression
+    target; metric: Pearson correlation."""
+
+    name = "movie-reviews-rating"
+
+    def load(self, config: DataConfig, subset: str | None) -> TaskData:
+        return TaskData(_prepared("movie-reviews-rating", self._build), ("text",), [], metric="pearson",
+                        task="regression")
+
+    def _build(self) -> Any:
+        from datasets import Dataset, DatasetDict, Features, Value
+
+        texts, ratings = self.ratings()
+        rows = Dataset.from_dict({"text": texts, "label": ratings},
+                                 features=Features({"text": Value("string"), "label": Value("float32")}))
+        train, validation, test = _split_validation_test(rows, 1000, 42)  # the same split as movie-reviews
         return DatasetDict(train=train, validation=validation, test=test)
 
 
@@ -184,7 +218,7 @@ GLUE_TASKS = {
     "cola": (("sentence",), "accuracy"), "sst2": (("sentence",), "accuracy"), "mrpc": (("sentence1", "sentence2"), "f1"),
     "qqp": (("question1", "question2"), "f1"), "mnli": (("premise", "hypothesis"), "accuracy"),
     "qnli": (("question", "sentence"), "accuracy"), "rte": (("sentence1", "sentence2"), "accuracy"),
-    "wnli": (("sentence1", "sentence2"), "accuracy"),
+    "wnli": (("sentence1", "sentence2"), "accuracy"), "stsb": (("sentence1", "sentence2"), "pearson"),
 }
 
 
@@ -210,6 +244,8 @@ class Glue(DatasetSource):
         fields, metric = GLUE_TASKS[subset]
         validation = raw["validation_matched" if subset == "mnli" else "validation"]
         splits = DatasetDict(train=raw["train"], validation=validation, test=validation)
+        if metric == "pearson":  # stsb: similarity scores 0..5
+            return TaskData(splits, fields, [], metric, task="regression")
         return TaskData(splits, fields, list(raw["train"].features["label"].names), metric)
 
 
@@ -242,12 +278,13 @@ class LocalFile(DatasetSource):
         raw = raw.select_columns([*fields, config.label_column])
         if config.label_column != "label":
             raw = raw.rename_column(config.label_column, "label")
+        regression = config.task == "regression"
         raw = DatasetDict({split: _checked_rows(dataset, fields, f"{split} file '{given[split]}'",
-                                                config.drop_missing_labels)
+                                                config.drop_missing_labels, regression)
                            for split, dataset in raw.items()})
-        if not isinstance(raw["train"].features["label"], ClassLabel):
+        if not regression and not isinstance(raw["train"].features["label"], ClassLabel):
             raw = _encode_labels(raw)
-        names = raw["train"].features["label"].names
+        names = [] if regression else raw["train"].features["label"].names
         splits = dict(raw)
         if "validation" not in splits and "test" not in splits:
             size = max(1, len(splits["train"]) // 10)
@@ -256,6 +293,8 @@ class LocalFile(DatasetSource):
             cut = splits["train"].train_test_split(test_size=max(1, len(splits["train"]) // 10), seed=42)
             splits["train"], splits["validation"] = cut["train"], cut["test"]
         splits.setdefault("test", splits["validation"])
+        if regression:
+            return TaskData(DatasetDict(splits), fields, [], metric="pearson", task="regression")
         return TaskData(DatasetDict(splits), fields, list(names))
 
 
@@ -275,9 +314,11 @@ def _blank(value: Any) -> bool:
                                                                                and not value.strip())
 
 
-def _checked_rows(dataset: Any, fields: tuple[str, ...], where: str, drop_missing_labels: bool) -> Any:
+def _checked_rows(dataset: Any, fields: tuple[str, ...], where: str, drop_missing_labels: bool,
+                  regression: bool = False) -> Any:
     """A local file's rows, refused with a one-line error if a text cell is empty or a label is missing (rows
-    without a label are left out, with a warning, under ``drop_missing_labels``) or not a whole number."""
+    without a label are left out, with a warning, under ``drop_missing_labels``), or, for classification, not a
+    whole number, for ``regression`` not a number (its labels become float32)."""
     for field in fields:
         empty = _rows_where(dataset[field], _blank)
         if empty:
@@ -293,10 +334,19 @@ def _checked_rows(dataset: Any, fields: tuple[str, ...], where: str, drop_missin
         dropped = set(missing)
         dataset = dataset.select([i for i in range(len(labels)) if i + 1 not in dropped])
         labels = dataset["label"]
+    if regression:
+        from datasets import Value
+
+        numeric = _rows_where(labels, lambda v: isinstance(v, bool) or not isinstance(v, (int, float)))
+        if numeric:
+            raise UsageError(f"{where}: {_rows_have(numeric)} a label that is not a number "
+                             f"({labels[numeric[0] - 1]!r}); regression needs numeric targets")
+        return dataset.cast_column("label", Value("float32"))
     fractional = _rows_where(labels, lambda v: isinstance(v, float) and not v.is_integer())
     if fractional:
         raise UsageError(f"{where}: {_rows_have(fractional)} a label that is not a whole number "
-                         f"({labels[fractional[0] - 1]!r}); classification needs class labels (whole numbers or names)")
+                         f"({labels[fractional[0] - 1]!r}); classification needs class labels (whole numbers or "
+                         f"names), or pass --task regression for numeric targets")
     if any(isinstance(v, float) for v in labels):
         from datasets import Value
 
@@ -457,5 +507,5 @@ def make_loader(dataset: Any, tokenizer: Any, batch_size: int | None = None, sam
 
 @hookimpl
 def register_datasets(register):
-    for cls in (MovieReviews, SNLI, Glue, CsvFile, TsvFile, JsonFile):
+    for cls in (MovieReviews, MovieReviewsRating, SNLI, Glue, CsvFile, TsvFile, JsonFile):
         register(cls)

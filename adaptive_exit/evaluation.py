@@ -9,8 +9,8 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 
-from .exits import ExitOutputs, simulate_exits
-from .metrics import compute
+from .exits import ExitOutputs, exit_predictions, simulate_exits
+from .metrics import REGRESSION_EXTRAS, compute
 from .plugins import blamed, describe
 from .precision import Precision, default_device
 from .signals import Signal, checked_score
@@ -145,7 +145,7 @@ def sweep(outputs: ExitOutputs, labels: torch.Tensor, signal: Signal, metric_nam
             thresholds = signal.thresholds(scores)
     thresholds = torch.as_tensor(thresholds, dtype=torch.float64).flatten()
     num_exits, num_samples = scores.shape
-    predictions = outputs.logits.argmax(-1)
+    predictions = exit_predictions(outputs.logits, regression=labels.is_floating_point())
     exit_index = simulate_exits(scores, thresholds, signal.exit_when)
     chosen = predictions.gather(0, exit_index)
     counts = torch.nn.functional.one_hot(exit_index, num_exits).sum(1)
@@ -156,7 +156,9 @@ def sweep(outputs: ExitOutputs, labels: torch.Tensor, signal: Signal, metric_nam
     ]
     per_exit = [compute(metric_name, predictions[i], labels) for i in range(num_exits)]
     auc, metric_at = summarize_curve(curve)
-    return EvaluationResult(signal.name, metric_name, num_samples, curve, per_exit, auc, metric_at)
+    extra = {f"exit_{i + 1}_{name}": compute(name, predictions[i], labels) for name in REGRESSION_EXTRAS
+             for i in range(num_exits)} if labels.is_floating_point() else {}
+    return EvaluationResult(signal.name, metric_name, num_samples, curve, per_exit, auc, metric_at, extra=extra)
 
 
 def evaluate_model_dir(model_dir: str, signal: str | None = None, signal_options: dict[str, Any] | None = None,
@@ -180,8 +182,8 @@ def evaluate_model_dir(model_dir: str, signal: str | None = None, signal_options
     from .errors import UsageError
     from .inference import check_early_exit
     from .lifecycle import RunInfo, lifecycle
-    from .model import MultiExitModel, chosen_signal_options, load_signal_weights
-    from .plugins import call_lifecycle, create, lookup
+    from .model import MultiExitModel, chosen_signal_options, load_signal_weights, signal_for
+    from .plugins import call_lifecycle, lookup
 
     model = MultiExitModel.from_pretrained(model_dir)
     trained = model.config
@@ -210,17 +212,18 @@ def evaluate_model_dir(model_dir: str, signal: str | None = None, signal_options
     run = RunInfo(command, config, described, experiment=parent.experiment if parent else data_config.dataset,
                   tracking=track, run_name=run_name or f"{command}-{signal_name}", parent=parent)
     with lifecycle(run):
-        signal_obj = create("signals", signal_name, options, num_exits=model.num_exits,
-                            hidden_size=model.encoder.hidden_size, num_labels=trained["num_labels"])
+        signal_obj = signal_for(model, signal_name, options)
         if signal_name == trained["signal"]["name"]:
             load_signal_weights(signal_obj, model_dir)
         signal_obj.to(device).eval()
         model.to(device)
         task = load_task(data_config)
         call_lifecycle("on_data_loaded", run=run, task=task, splits=(split,))
-        if len(task.label_names) != trained["num_labels"]:
-            raise UsageError(f"dataset '{data_config.dataset}' has {len(task.label_names)} labels but the model "
-                             f"was trained for {trained['num_labels']}; evaluate on a dataset with the same labels")
+        trained_task = trained.get("task", "classification")
+        if task.task != trained_task or task.num_outputs != trained["num_labels"]:
+            raise UsageError(f"dataset '{data_config.dataset}' is {task.task} with {task.num_outputs} output(s) but "
+                             f"the model was trained for {trained_task} with {trained['num_labels']}; evaluate on a "
+                             f"dataset of the same task and labels")
         tokenized = tokenize(task, model.tokenizer, data_config.max_length, (split,))
         outputs, labels = split_outputs(model, tokenized[split], batch_size, device, runs_in)
         result = sweep(outputs, labels, signal_obj, task.metric,

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 EXIT_RULES = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
+TASKS = ("classification", "regression")
 
 
 @dataclass
@@ -53,6 +54,28 @@ def exit_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tens
         logits.reshape(num_exits * batch, classes), labels.repeat(num_exits), reduction="none"
     )
     return flat.reshape(num_exits, batch)
+
+
+def exit_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-exit, per-sample training loss, ``[num_exits, batch]``: cross-entropy for class labels (integers),
+    squared error of the single output for regression targets (floating labels)."""
+    if labels.is_floating_point():
+        return (logits[..., 0].float() - labels.float()) ** 2
+    return exit_cross_entropy(logits, labels)
+
+
+def exit_predictions(logits: torch.Tensor, regression: bool) -> torch.Tensor:
+    """Every exit's prediction, ``[num_exits, batch]``: the class with the largest logit, or the single output."""
+    return logits[..., 0] if regression else logits.argmax(-1)
+
+
+def exit_correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Whether each exit got each sample right, ``[num_exits, batch]`` (bool): the right class; for a regression
+    target, an error no larger than the median error of that exit over the batch."""
+    if not labels.is_floating_point():
+        return logits.argmax(-1) == labels
+    errors = (logits[..., 0].float() - labels.float()).abs()
+    return errors <= errors.median(dim=1, keepdim=True).values
 
 
 def layer_speedup(exit_index: torch.Tensor, num_exits: int) -> float:

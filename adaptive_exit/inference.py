@@ -179,13 +179,11 @@ def final_forward(model: Any, input_ids: torch.Tensor, attention_mask: torch.Ten
 
 def model_signal(model: Any, name: str | None = None, options: dict[str, Any] | None = None) -> Signal:
     """The signal ``name`` (default: the model's own) for a loaded model, with its trained weights if any."""
-    from .model import chosen_signal_options, load_signal_weights
-    from .plugins import create
+    from .model import chosen_signal_options, load_signal_weights, signal_for
 
     trained = model.config["signal"]
     name = name or trained["name"]
-    signal = create("signals", name, chosen_signal_options(trained, name, options), num_exits=model.num_exits,
-                    hidden_size=model.encoder.hidden_size, num_labels=model.config["num_labels"])
+    signal = signal_for(model, name, chosen_signal_options(trained, name, options))
     if name == trained["name"] and model.directory is not None:
         load_signal_weights(signal, model.directory)
     return signal.eval()
@@ -266,19 +264,24 @@ def _answer_batch(model: Any, columns: list[list[str]], rows: list[int], signal:
     """Early exit on one batch of texts; puts each answer at its original position in ``results``."""
     device = next(model.parameters()).device
     labels = model.config["label_names"]
+    regression = model.config.get("task", "classification") == "regression"
     batch = model.tokenizer(*columns, padding=True, truncation=True, max_length=max_length,
                             return_tensors="pt").to(device)
     out = early_exit_forward(model, batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
                              signal, threshold)
-    probabilities = torch.softmax(out.logits.float(), dim=-1).cpu()
-    if not bool(torch.isfinite(probabilities).all()):
+    values = out.logits.float()[:, 0] if regression else torch.softmax(out.logits.float(), dim=-1)
+    values = values.cpu()
+    if not bool(torch.isfinite(values).all()):
         from .errors import UsageError
 
         raise UsageError("the model's answers are not finite numbers (its weights hold NaN or inf); train it again")
     exit_index = out.exit_index.cpu()
     for row, original in enumerate(rows):
-        label_id = int(probabilities[row].argmax())
+        if regression:
+            results[original] = {"value": round(float(values[row]), 6), "exit_layer": int(exit_index[row]) + 1}
+            continue
+        label_id = int(values[row].argmax())
         results[original] = {"label": labels[label_id], "label_id": label_id,
-                             "probabilities": [round(float(p), 6) for p in probabilities[row]],
+                             "probabilities": [round(float(p), 6) for p in values[row]],
                              "exit_layer": int(exit_index[row]) + 1}
 

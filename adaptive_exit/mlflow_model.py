@@ -10,7 +10,9 @@ import mlflow
 import pandas as pd
 
 from .errors import UsageError
+from .inference import model_signal
 from .model import MultiExitModel
+from .signals import threshold_range
 
 INPUT_COLUMNS = ("text", "text_pair")
 
@@ -18,7 +20,8 @@ INPUT_COLUMNS = ("text", "text_pair")
 class EarlyExitPyfunc(mlflow.pyfunc.PythonModel):
     """Early-exit predictions for a DataFrame with a ``text`` column (and ``text_pair`` for pair tasks).
 
-    Returns ``label``, ``probabilities`` and ``exit_layer`` (1-based) per row. The ``threshold`` parameter
+    Returns ``label``, ``probabilities`` and ``exit_layer`` (1-based) per row (a regression model: ``value`` and
+    ``exit_layer``). The ``threshold`` parameter
     defaults to the threshold stored in the model (by ``train --calibrate-speedup`` or ``calibrate``).
     """
 
@@ -36,9 +39,9 @@ class EarlyExitPyfunc(mlflow.pyfunc.PythonModel):
             threshold = None
         texts = model_input[list(wanted)].astype(str).values.tolist()
         answers = self.model.predict(texts, threshold=threshold)
-        return pd.DataFrame({"label": [a["label"] for a in answers],
-                             "probabilities": [a["probabilities"] for a in answers],
-                             "exit_layer": [a["exit_layer"] for a in answers]})
+        regression = self.model.config.get("task", "classification") == "regression"
+        columns = ("value", "exit_layer") if regression else ("label", "probabilities", "exit_layer")
+        return pd.DataFrame({column: [a[column] for a in answers] for column in columns})
 
 
 def log_model(model_dir: str, name: str = "model") -> Any:
@@ -51,7 +54,8 @@ def log_model(model_dir: str, name: str = "model") -> Any:
     threshold = float(calibration.get("threshold", math.nan))
     wrapper = EarlyExitPyfunc()
     wrapper.model = model
-    output = wrapper.predict(None, example, {"threshold": threshold if not math.isnan(threshold) else 0.5})
+    example_threshold = threshold if not math.isnan(threshold) else sum(threshold_range(model_signal(model))) / 2
+    output = wrapper.predict(None, example, {"threshold": example_threshold})
     signature = infer_signature(example, output, params={"threshold": threshold})
     requirements = [f"adaptive-exit=={importlib.metadata.version('adaptive-exit')}"]
     return mlflow.pyfunc.log_model(name=name, python_model=EarlyExitPyfunc(), artifacts={"model": str(model_dir)},

@@ -142,6 +142,16 @@ class MultiExitModel(torch.nn.Module):
                        signal_options=signal_options, precision=precision)
 
 
+def signal_for(model: "MultiExitModel", name: str, options: dict[str, Any]) -> Any:
+    """The signal ``name`` with ``options`` for this model: its exits, hidden size, outputs, task and (regression)
+    target range."""
+    from .signals import build_signal
+
+    return build_signal(name, options, num_exits=model.num_exits, hidden_size=model.encoder.hidden_size,
+                        num_labels=model.config["num_labels"], task=model.config.get("task", "classification"),
+                        target_range=model.config.get("target_range"))
+
+
 def read_model_config(directory: str | Path) -> dict[str, Any]:
     """The config file of a model directory, or a UsageError if there is none."""
     config_path = Path(directory) / MODEL_CONFIG

@@ -156,7 +156,7 @@ def class_problem(kind: str, cls: object) -> str | None:
     from .backbones import Backbone
     from .config import reserved_flag
     from .data import DatasetSource
-    from .exits import EXIT_RULES
+    from .exits import EXIT_RULES, TASKS
     from .signals import Signal
     from .weighting import Weighting
 
@@ -179,6 +179,9 @@ def class_problem(kind: str, cls: object) -> str | None:
     if kind == "signals" and cls.exit_when not in EXIT_RULES:
         return (f"registered signal '{name}' with exit_when = {cls.exit_when!r}; use one of "
                 f"{', '.join(repr(rule) for rule in EXIT_RULES)}")
+    if kind == "signals" and not (isinstance(cls.tasks, tuple) and cls.tasks and set(cls.tasks) <= set(TASKS)):
+        return (f"registered signal '{name}' with tasks = {cls.tasks!r}; declare a non-empty tuple of "
+                f"{', '.join(repr(task) for task in TASKS)}")
     return None
 
 

@@ -8,10 +8,10 @@ from typing import ClassVar
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from .errors import PluginError
+from .errors import PluginError, UsageError
 from .exits import ExitOutputs
 from .hookspecs import hookimpl
-from .plugins import blamed, describe
+from .plugins import blamed, create, describe, lookup, registry
 
 MARGIN = 0.01  # how far past the scores, as a share of their span, the sweep's grid reaches at each end
 
@@ -33,8 +33,11 @@ class Signal(torch.nn.Module):
     """An exit signal: a score per exit and sample, and the rule that turns a score into an exit.
 
     Subclasses set ``name``, ``exit_when`` (exit when the score is '<', '<=', '>' or '>=' the
-    threshold), ``bounds`` (the score's range, used where no data says otherwise) and ``Options``
-    (a pydantic model; each field becomes a command-line flag), and implement ``score``.
+    threshold), ``bounds`` (the score's range, used where no data says otherwise), ``tasks`` (the
+    task types it serves: 'classification', 'regression') and ``Options`` (a pydantic model; each
+    field becomes a command-line flag), and implement ``score``. The engine sets ``task`` (the model's)
+    and, for a regression model, ``target_range`` (the training targets' lowest and highest) before the
+    signal is used.
 
     A signal may read every exit up to the current one (``score`` must be causal: the score of exit
     ``i`` depends only on exits ``0..i``), may hold trainable parameters (it is a ``torch.nn.Module``)
@@ -47,6 +50,7 @@ class Signal(torch.nn.Module):
     bounds: ClassVar[tuple[float, float]] = (0.0, 1.0)
     Options: ClassVar[type[BaseModel]] = NoOptions
     uses_history: ClassVar[bool] = True
+    tasks: ClassVar[tuple[str, ...]] = ("classification",)
 
     def __init__(self, options: BaseModel | None = None, *, num_exits: int, hidden_size: int, num_labels: int):
         super().__init__()
@@ -54,6 +58,8 @@ class Signal(torch.nn.Module):
         self.num_exits = num_exits
         self.hidden_size = hidden_size
         self.num_labels = num_labels
+        self.task = "classification"
+        self.target_range: tuple[float, float] | None = None
 
     def score(self, outputs: ExitOutputs) -> torch.Tensor:
         """The score of every exit for every sample: a floating ``[num_exits, batch]`` tensor.
@@ -83,6 +89,19 @@ class Signal(torch.nn.Module):
                             dtype=torch.float64)
         # midpoints, so that no threshold sits exactly on a score, where rounding could flip an exit
         return torch.unique(torch.cat([ends, (grid[1:] + grid[:-1]) / 2]))
+
+
+def build_signal(name: str, options: dict, *, num_exits: int, hidden_size: int, num_labels: int,
+                 task: str = "classification", target_range: tuple[float, float] | None = None) -> Signal:
+    """The signal ``name`` with its ``options`` for a model of ``task`` ('classification' or 'regression'), or a
+    UsageError naming the signals that serve that task; ``target_range`` is a regression model's."""
+    cls = lookup("signals", name).cls
+    if task not in cls.tasks:
+        serving = sorted(other for other, entry in registry("signals").items() if task in entry.cls.tasks)
+        raise UsageError(f"signal '{name}' does not support {task}; signals for {task}: {', '.join(serving)}")
+    signal = create("signals", name, options, num_exits=num_exits, hidden_size=hidden_size, num_labels=num_labels)
+    signal.task, signal.target_range = task, target_range
+    return signal
 
 
 def threshold_range(signal: Signal) -> tuple[float, float]:
@@ -169,7 +188,27 @@ class Energy(Signal):
         return torch.sigmoid(energy)
 
 
+class Change(Signal):
+    """How far a regression exit's prediction moved from the exit before's, |y_i - y_(i-1)|: exit when it is below the
+    threshold (in the target's units). NaN at the first exit, which has none before it."""
+
+    name = "change"
+    exit_when = "<"
+    tasks = ("regression",)
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        low, high = self.target_range or (0.0, 1.0)
+        return 0.0, float(high - low)
+
+    def score(self, outputs: ExitOutputs) -> torch.Tensor:
+        values = outputs.logits[..., 0].float()
+        change = torch.full_like(values, float("nan"))
+        change[1:] = (values[1:] - values[:-1]).abs()
+        return change
+
+
 @hookimpl
 def register_signals(register):
-    for cls in (Entropy, MaxProb, Energy):
+    for cls in (Entropy, MaxProb, Energy, Change):
         register(cls)

@@ -60,7 +60,7 @@ def tiny_batch(size: int = 32, max_length: int = 12, seed: int = 0) -> dict[str,
 
 
 def check_signal(signal_cls: type[Signal], options: dict[str, Any] | None = None, *, num_layers: int = 4,
-                 num_labels: int = 3, seed: int = 0) -> None:
+                 num_labels: int = 3, seed: int = 0, task: str = "classification") -> None:
     """Raise AssertionError unless ``signal_cls`` meets the signal contract on a tiny random model.
 
     The class must pass the registration checks (a ``Signal`` subclass with a name, a valid ``exit_when`` and a
@@ -68,14 +68,18 @@ def check_signal(signal_cls: type[Signal], options: dict[str, Any] | None = None
     send every sample out at the layer the all-exits simulation says, at batch sizes 1, 7 and 32 and a dozen
     thresholds from the signal's own grid. That fails for a score that reads a later exit or other samples, and
     for a signal that declares ``uses_history`` wrongly. ``options`` are the signal's options (default: its
-    defaults).
+    defaults). ``task`` 'regression' checks it on a model with one output per exit (targets in -4..4).
     """
+    if task not in signal_cls.tasks:
+        raise AssertionError(f"{signal_cls!r} declares tasks {signal_cls.tasks}, not {task!r}")
+    num_labels = 1 if task == "regression" else num_labels
     problem = class_problem("signals", signal_cls)
     if problem is not None:
         raise AssertionError(f"{signal_cls!r} {problem}")
     model = tiny_model(num_layers, num_labels, seed=seed)
     signal = signal_cls(signal_cls.Options.model_validate(options or {}), num_exits=model.num_exits,
                         hidden_size=model.encoder.hidden_size, num_labels=num_labels).eval()
+    signal.task, signal.target_range = task, ((-4.0, 4.0) if task == "regression" else None)
     batch = tiny_batch(max(BATCH_SIZES), seed=seed)
     lengths = batch["attention_mask"].sum(1)
     try:

@@ -41,7 +41,7 @@ def benchmark_training(backbone: str = "minilm-l6", dataset: str = "movie-review
 
     from .config import RunConfig
     from .data import TrainBatches, load_task, token_lengths, tokenize
-    from .model import MultiExitModel
+    from .model import MultiExitModel, signal_for
     from .plugins import create, lookup
     from .precision import Precision, default_device
     from .training import Trainable, make_optimizer, model_config, set_seed, train_step
@@ -55,9 +55,8 @@ def benchmark_training(backbone: str = "minilm-l6", dataset: str = "movie-review
                                        "train": {"batch_size": batch_size, "seed": seed}})
     task = load_task(config.data)
     encoder = lookup("backbones", "huggingface").cls().load(backbone, num_layers)
-    model = MultiExitModel(encoder, model_config(config, task, len(task.label_names))).to(device).train()
-    signal = create("signals", "entropy", {}, num_exits=model.num_exits, hidden_size=encoder.hidden_size,
-                    num_labels=len(task.label_names)).to(device)
+    model = MultiExitModel(encoder, model_config(config, task)).to(device).train()
+    signal = signal_for(model, "entropy" if task.task == "classification" else "change", {}).to(device)
     weighting = create("weightings", "uniform", {}, signal=signal, num_exits=model.num_exits, total_steps=10 ** 9)
     optimizer = make_optimizer(model, signal, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)

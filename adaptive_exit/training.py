@@ -24,7 +24,7 @@ from .data import TrainBatches, load_task, make_loader, token_lengths, tokenize
 from .errors import DivergedError, UsageError
 from .evaluation import EvaluationResult, split_outputs, sweep
 from .lifecycle import RunInfo, lifecycle
-from .model import MultiExitModel, write_json_atomically
+from .model import MultiExitModel, signal_for, write_json_atomically
 from .plugins import blamed, call_lifecycle, create, lookup
 from .precision import Precision
 from .preflight import check_disk_room, check_max_length, claimed_output_dir
@@ -188,11 +188,20 @@ def describe_setup(precision: Precision, config: RunConfig, dist: Distributed) -
     return f"training on {precision.device.type} in {precision.name}{why}, batches {batching}{processes}{threads}"
 
 
-def model_config(config: RunConfig, task: Any, num_labels: int) -> dict[str, Any]:
+def target_range(task: Any) -> list[float] | None:
+    """A regression task's lowest and highest training target (None for classification)."""
+    if task.task != "regression":
+        return None
+    labels = task.splits["train"]["label"]
+    return [float(min(labels)), float(max(labels))]
+
+
+def model_config(config: RunConfig, task: Any) -> dict[str, Any]:
     """The dict saved with the model: what it is, and what it was trained with."""
     return {
-        "backbone_type": config.model.backbone_type, "backbone": config.model.backbone,
-        "num_labels": num_labels, "label_names": task.label_names, "pooling": config.model.pooling,
+        "backbone_type": config.model.backbone_type, "backbone": config.model.backbone, "task": task.task,
+        "target_range": target_range(task), "num_labels": task.num_outputs, "label_names": task.label_names,
+        "pooling": config.model.pooling,
         "dropout": config.model.dropout, "signal": config.signal.model_dump(),
         "weighting": config.weighting.model_dump(), "dataset": config.data.dataset,
         "text_fields": list(task.text_fields), "metric": task.metric, "run": config.model_dump(),
@@ -265,12 +274,10 @@ def fit(config: RunConfig, run: RunInfo, dist: Distributed, precision: Precision
     encoder = lookup("backbones", config.model.backbone_type).cls().load(config.model.backbone,
                                                                          config.model.num_layers)
     check_max_length(config.data.max_length, encoder, config.model.backbone)
-    num_labels = len(task.label_names)
-    model = MultiExitModel(encoder, model_config(config, task, num_labels)).to(dist.device)
+    model = MultiExitModel(encoder, model_config(config, task)).to(dist.device)
     if dist.main:
         check_disk_room(config.output_dir, model, checkpoints=config.train.checkpoint_every != 0)
-    signal = create("signals", config.signal.name, config.signal.options, num_exits=model.num_exits,
-                    hidden_size=encoder.hidden_size, num_labels=num_labels).to(dist.device)
+    signal = signal_for(model, config.signal.name, config.signal.options).to(dist.device)
     eval_split = config.data.eval_split
     tokenized = tokenize(task, encoder.tokenizer, config.data.max_length, ("train", eval_split))
     loader = train_loader(tokenized["train"], encoder.tokenizer, config, dist)

@@ -9,7 +9,7 @@ import torch
 from pydantic import BaseModel
 
 from .errors import PluginError
-from .exits import ExitOutputs, exit_cross_entropy
+from .exits import ExitOutputs, exit_losses
 from .hookspecs import hookimpl
 from .plugins import blamed, describe
 from .signals import NoOptions, Signal
@@ -87,12 +87,12 @@ def checked_loss(weighting: Weighting, outputs: ExitOutputs, labels: torch.Tenso
 
 
 class Uniform(Weighting):
-    """The mean of every exit's cross-entropy (plain joint training)."""
+    """The mean of every exit's loss (plain joint training): cross-entropy, or squared error for regression."""
 
     name = "uniform"
 
     def loss(self, outputs: ExitOutputs, labels: torch.Tensor, step: int) -> WeightingLoss:
-        return WeightingLoss(exit_cross_entropy(outputs.logits, labels).mean())
+        return WeightingLoss(exit_losses(outputs.logits, labels).mean())
 
 
 @hookimpl

@@ -13,21 +13,37 @@ def integer_grid(low: int, high: int) -> torch.Tensor:
     return torch.arange(low, high + 1, dtype=torch.float64)
 
 
+class PatienceRegressionOptions(BaseModel):
+    """Options of the patience signal."""
+
+    model_config = ConfigDict(extra="forbid")
+    regression_threshold: float = Field(
+        0.1, gt=0, description="regression models: two exits agree when their predictions differ by less than this "
+                               "(in the target's units; PABEE's regression threshold)")
+
+
 class Patience(Signal):
-    """PABEE: how many exits in a row before this one predicted this exit's class; exit once it reaches t."""
+    """PABEE: how many exits in a row before this one agreed with it (the same class; for regression, a prediction
+    within ``regression_threshold``); exit once it reaches t."""
 
     name = "patience"
     exit_when = ">="
+    tasks = ("classification", "regression")
+    Options = PatienceRegressionOptions
 
     def __init__(self, options=None, *, num_exits, hidden_size, num_labels):
         super().__init__(options, num_exits=num_exits, hidden_size=hidden_size, num_labels=num_labels)
         self.bounds = (0.0, float(max(num_exits - 1, 1)))
 
     def score(self, outputs: ExitOutputs) -> torch.Tensor:
-        predictions = outputs.logits.argmax(-1)
+        regression = self.task == "regression"
+        predictions = outputs.logits[..., 0].float() if regression else outputs.logits.argmax(-1)
         counts = torch.zeros(predictions.shape, dtype=torch.float32, device=predictions.device)
         for index in range(1, predictions.shape[0]):
-            agrees = predictions[index] == predictions[index - 1]
+            if regression:
+                agrees = (predictions[index] - predictions[index - 1]).abs() < self.options.regression_threshold
+            else:
+                agrees = predictions[index] == predictions[index - 1]
             counts[index] = torch.where(agrees, counts[index - 1] + 1, torch.zeros_like(counts[index]))
         return counts
 
@@ -93,11 +109,42 @@ def lte_target(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (logits.argmax(-1) == labels).float()
 
 
+class LearnToExitRegression(Signal):
+    """BERxiT's learning-to-exit for regression: one linear layer + softplus shared by all exits, predicting the
+    exit's absolute error |y_i - y|; exit when it is below the threshold (in the target's units)."""
+
+    name = "lte-regression"
+    exit_when = "<"
+    uses_history = False
+    tasks = ("regression",)
+
+    def __init__(self, options=None, *, num_exits, hidden_size, num_labels):
+        super().__init__(options, num_exits=num_exits, hidden_size=hidden_size, num_labels=num_labels)
+        self.error = torch.nn.Linear(hidden_size, 1)
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        low, high = self.target_range or (0.0, 1.0)
+        return 0.0, float(high - low)
+
+    def score(self, outputs: ExitOutputs) -> torch.Tensor:
+        pooled = outputs.pooled.to(self.error.weight.dtype)
+        return torch.nn.functional.softplus(self.error(pooled)).squeeze(-1)
+
+    def loss(self, outputs: ExitOutputs, labels: torch.Tensor) -> torch.Tensor:
+        """MSE between each internal exit's predicted error and its real one, |y_i - y| (pooled states and
+        predictions detached)."""
+        target = (outputs.logits.detach()[..., 0].float() - labels.float()).abs()[:-1]
+        predicted = self.score(ExitOutputs(outputs.logits.detach(), outputs.pooled.detach()))[:-1]
+        return torch.nn.functional.mse_loss(predicted, target)
+
+
 class Static(Signal):
     """Static budget ('BERT-kL'): every sample leaves at layer k, the threshold."""
 
     name = "static"
     exit_when = ">="
+    tasks = ("classification", "regression")
 
     def __init__(self, options=None, *, num_exits, hidden_size, num_labels):
         super().__init__(options, num_exits=num_exits, hidden_size=hidden_size, num_labels=num_labels)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from adaptive_exit import ExitOutputs, Weighting, WeightingLoss, exit_cross_entropy
+from adaptive_exit import ExitOutputs, Weighting, WeightingLoss, exit_losses
 
 
 def weighted_average_loss(ce: torch.Tensor) -> torch.Tensor:
@@ -19,7 +19,7 @@ class WeightedAverage(Weighting):
     name = "weighted-average"
 
     def loss(self, outputs: ExitOutputs, labels: torch.Tensor, step: int) -> WeightingLoss:
-        return WeightingLoss(weighted_average_loss(exit_cross_entropy(outputs.logits, labels)))
+        return WeightingLoss(weighted_average_loss(exit_losses(outputs.logits, labels)))
 
 
 def final_exit_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
@@ -55,9 +55,9 @@ class TwoStage(Weighting):
     def loss(self, outputs: ExitOutputs, labels: torch.Tensor, step: int) -> WeightingLoss:
         stage = self.stage(step)
         if stage == 1:
-            total = torch.nn.functional.cross_entropy(outputs.logits[-1], labels)
+            total = exit_losses(outputs.logits[-1:], labels)[0].mean()
         else:
-            total = exit_cross_entropy(outputs.logits[:-1], labels).mean(1).sum()
+            total = exit_losses(outputs.logits[:-1], labels).mean(1).sum()
         return WeightingLoss(total, {"stage": float(stage)})
 
 
@@ -72,6 +72,6 @@ class Alternating(Weighting):
         return step % 2 == 1
 
     def loss(self, outputs: ExitOutputs, labels: torch.Tensor, step: int) -> WeightingLoss:
-        ce = exit_cross_entropy(outputs.logits, labels).mean(1)
+        ce = exit_losses(outputs.logits, labels).mean(1)
         all_exits = self.all_exits(step)
         return WeightingLoss(ce.mean() if all_exits else ce[-1], {"all_exits_step": float(all_exits)})

@@ -11,7 +11,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from adaptive_exit import ExitOutputs, Weighting, WeightingLoss, exit_cross_entropy, hookimpl, simulate_exits
+from adaptive_exit import ExitOutputs, Weighting, WeightingLoss, exit_correct, exit_losses, hookimpl, simulate_exits
 
 __version__ = "0.1.0"
 
@@ -111,16 +111,21 @@ def exit_shares(weights: torch.Tensor, exit_index: torch.Tensor | None) -> dict[
     return shares
 
 
-def distillation_loss(logits: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+def distillation_loss(logits: torch.Tensor, weights: torch.Tensor, regression: bool = False) -> torch.Tensor:
     """(1/N) Σ_n Σ_{m<M} max(0, 1/M - w_n^(m)) · KL(p_n^(M) ‖ p_n^(m)) for ``logits`` ``[M, batch, classes]`` and
     ``weights`` ``[batch, M]``: each internal exit learns the final exit's (detached) distribution from the
-    samples whose cross-entropy weight COSEE lowered below uniform."""
+    samples whose loss weight COSEE lowered below uniform. For ``regression`` the KL term is the squared
+    distance (y_n^(M) - y_n^(m))² between the single outputs."""
     num_exits = logits.shape[0]
-    teacher = torch.log_softmax(logits[-1].detach().float(), dim=-1)
-    students = torch.log_softmax(logits[:-1].float(), dim=-1)
-    kl = (teacher.exp() * (teacher - students)).sum(-1)
+    if regression:
+        values = logits[..., 0].float()
+        gap = (values[-1].detach() - values[:-1]) ** 2
+    else:
+        teacher = torch.log_softmax(logits[-1].detach().float(), dim=-1)
+        students = torch.log_softmax(logits[:-1].float(), dim=-1)
+        gap = (teacher.exp() * (teacher - students)).sum(-1)
     deficit = (1.0 / num_exits - weights[:, :-1].t()).clamp(min=0)
-    return (kl * deficit).sum(0).mean()
+    return (gap * deficit).sum(0).mean()
 
 
 def weighted_cross_entropy(ce: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -131,10 +136,13 @@ def weighted_cross_entropy(ce: torch.Tensor, weights: torch.Tensor) -> torch.Ten
 def osc_loss(scores: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, epsilon: float,
              exit_when: str) -> torch.Tensor:
     """Online signal calibration (Eqs. 6-8): a hinge between the mean signals of correct and wrong samples,
-    averaged over the internal exits whose batch has both (the authors' code); 0 if none has."""
-    internal = scores[:-1]
-    correct = (logits[:-1].argmax(-1) == labels).to(internal.dtype)
-    wrong = 1.0 - correct
+    averaged over the internal exits whose batch has both (the authors' code); 0 if none has. A NaN score (an exit
+    the signal cannot judge, such as the first for a signal that compares exits) counts in neither group."""
+    judged = torch.isfinite(scores[:-1])
+    internal = torch.where(judged, scores[:-1], torch.zeros_like(scores[:-1]))
+    right = exit_correct(logits[:-1], labels)
+    correct = (right & judged).to(internal.dtype)
+    wrong = (~right & judged).to(internal.dtype)
     n_correct, n_wrong = correct.sum(1), wrong.sum(1)
     usable = (n_correct > 0) & (n_wrong > 0)
     mean_correct = (internal * correct).sum(1) / n_correct.clamp(min=1)
@@ -165,7 +173,7 @@ class Cosee(Weighting):
         finite = internal[torch.isfinite(internal)]
         if finite.numel():
             self._seen = [min(self._seen[0], float(finite.min())), max(self._seen[1], float(finite.max()))]
-        ce = exit_cross_entropy(outputs.logits, labels)
+        ce = exit_losses(outputs.logits, labels)
         beta = beta_at(step, self.total_steps, opts.beta0, opts.warmup)
         thresholds = None
         if opts.swm:
@@ -185,7 +193,7 @@ class Cosee(Weighting):
         total = ce_loss + opts.alpha * calibration
         logs = {"cosee_ce": float(ce_loss.detach()), "cosee_osc": float(calibration.detach()), "beta_t": beta}
         if opts.distill:
-            distillation = distillation_loss(outputs.logits, weights.detach())
+            distillation = distillation_loss(outputs.logits, weights.detach(), labels.is_floating_point())
             total = total + opts.distill * distillation
             logs["cosee_distill"] = float(distillation.detach())
         if opts.log_every and step % opts.log_every == 0:

@@ -1,8 +1,9 @@
-"""adaptive-exit plugin: the ``margin`` exit signal.
+"""adaptive-exit plugin: the ``margin`` exit signal, and ``drift`` for regression models.
 
 The score of an exit is the difference between its two largest softmax probabilities, in [0, 1].
 A confident exit has a large margin, so a sample leaves at the first exit whose margin is above
-the threshold. Uses only the public ``adaptive_exit`` API.
+the threshold. ``drift`` is how far a regression exit's prediction lies from the mean of the
+predictions so far. Uses only the public ``adaptive_exit`` API.
 """
 
 from __future__ import annotations
@@ -34,7 +35,29 @@ class Margin(Signal):
         return (top[..., 0] - top[..., 1]).clamp(0.0, 1.0)
 
 
+class Drift(Signal):
+    """|y_i - mean(y_1..y_i)| of a regression exit, in the target's units: exit when it is below the threshold."""
+
+    name = "drift"
+    exit_when = "<"
+    tasks = ("regression",)
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        low, high = self.target_range or (0.0, 1.0)
+        return 0.0, float(high - low)
+
+    def score(self, outputs: ExitOutputs) -> torch.Tensor:
+        """``[num_exits, batch]``: each exit's distance from the running mean of the exits up to it."""
+        values = outputs.logits[..., 0].float()
+        depth = torch.arange(1, values.shape[0] + 1, dtype=values.dtype, device=values.device)[:, None]
+        drift = (values - values.cumsum(0) / depth).abs()
+        drift[0] = float("nan")  # one prediction alone says nothing
+        return drift
+
+
 @hookimpl
 def register_signals(register: Callable[[type], None]) -> None:
-    """Register the ``margin`` signal."""
+    """Register the ``margin`` and ``drift`` signals."""
     register(Margin)
+    register(Drift)
