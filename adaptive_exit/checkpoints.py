@@ -140,9 +140,14 @@ def newest(output_dir: str | Path) -> dict[str, Any]:
 
 def differences(then: dict[str, Any], now: dict[str, Any], may_change: tuple[str, ...] = ()) -> str:
     """How two run configurations differ, outside the dotted keys ``may_change`` ('' where they do not), e.g.
-    ``train.lr: 5e-05 then, 0.0001 now``."""
+    ``train.lr: 5e-05 then, 0.0001 now``. Keys that ``then`` does not know (fields and options added since it was
+    written) are not compared, and an empty section then (``{}``) matches one with fields now."""
     old, new = flatten(then), flatten(now)
-    keys = sorted(key for key in old.keys() | new.keys() if key not in may_change and old.get(key) != new.get(key))
+
+    def same(key: str) -> bool:
+        return old[key] == new[key] if key in new else old[key] == {} and any(k.startswith(f"{key}.") for k in new)
+
+    keys = sorted(key for key in old if key not in may_change and not same(key))
     return "; ".join(f"{key}: {old.get(key)!r} then, {new.get(key)!r} now" for key in keys[:5])
 
 

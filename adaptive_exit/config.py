@@ -40,9 +40,9 @@ class DataConfig(_Strict):
     label_column: str = Field("label", description="column with the label (local files)")
     drop_missing_labels: bool = Field(False, description="leave out rows of local files that have no label "
                                                          "(default: an error naming them)")
-    task: Literal["classification", "regression"] = Field(
-        "classification", description="local files: classification (class labels: whole numbers or names) or "
-                                      "regression (numeric targets; metric: Pearson correlation)")
+    task: Literal["classification", "regression"] | None = Field(
+        None, description="local files: classification (class labels: whole numbers or names; the default) or "
+                          "regression (numeric targets; metric: Pearson correlation); other datasets have their own")
 
 
 class TrainConfig(_Strict):

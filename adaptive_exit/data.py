@@ -278,7 +278,7 @@ class LocalFile(DatasetSource):
         raw = raw.select_columns([*fields, config.label_column])
         if config.label_column != "label":
             raw = raw.rename_column(config.label_column, "label")
-        regression = config.task == "regression"
+        regression = (config.task or "classification") == "regression"
         raw = DatasetDict({split: _checked_rows(dataset, fields, f"{split} file '{given[split]}'",
                                                 config.drop_missing_labels, regression)
                            for split, dataset in raw.items()})
@@ -337,9 +337,10 @@ def _checked_rows(dataset: Any, fields: tuple[str, ...], where: str, drop_missin
     if regression:
         from datasets import Value
 
-        numeric = _rows_where(labels, lambda v: isinstance(v, bool) or not isinstance(v, (int, float)))
+        numeric = _rows_where(labels, lambda v: isinstance(v, bool) or not isinstance(v, (int, float))
+                              or not math.isfinite(v))
         if numeric:
-            raise UsageError(f"{where}: {_rows_have(numeric)} a label that is not a number "
+            raise UsageError(f"{where}: {_rows_have(numeric)} a label that is not a finite number "
                              f"({labels[numeric[0] - 1]!r}); regression needs numeric targets")
         return dataset.cast_column("label", Value("float32"))
     fractional = _rows_where(labels, lambda v: isinstance(v, float) and not v.is_integer())
@@ -401,6 +402,9 @@ def load_task(config: DataConfig) -> TaskData:
     entry = lookup("datasets", config.dataset)
     subset = config.dataset[len(entry.name):] if entry.name.endswith("/") else None
     task = entry.cls().load(config, subset)
+    if config.task is not None and config.task != task.task:
+        raise UsageError(f"dataset '{config.dataset}' is {task.task}; drop --task {config.task} (it chooses the task "
+                         f"of local csv/tsv/json files only)")
     limits = {"train": config.max_train_samples, "validation": config.max_eval_samples, "test": config.max_eval_samples}
     for split, limit in limits.items():
         if limit is not None and limit < len(task.splits[split]):

@@ -70,12 +70,12 @@ def check_signal(signal_cls: type[Signal], options: dict[str, Any] | None = None
     for a signal that declares ``uses_history`` wrongly. ``options`` are the signal's options (default: its
     defaults). ``task`` 'regression' checks it on a model with one output per exit (targets in -4..4).
     """
-    if task not in signal_cls.tasks:
-        raise AssertionError(f"{signal_cls!r} declares tasks {signal_cls.tasks}, not {task!r}")
-    num_labels = 1 if task == "regression" else num_labels
     problem = class_problem("signals", signal_cls)
     if problem is not None:
         raise AssertionError(f"{signal_cls!r} {problem}")
+    if task not in signal_cls.tasks:
+        raise AssertionError(f"{signal_cls!r} declares tasks {signal_cls.tasks}, not {task!r}")
+    num_labels = 1 if task == "regression" else num_labels
     model = tiny_model(num_layers, num_labels, seed=seed)
     signal = signal_cls(signal_cls.Options.model_validate(options or {}), num_exits=model.num_exits,
                         hidden_size=model.encoder.hidden_size, num_labels=num_labels).eval()

@@ -52,7 +52,7 @@ def test_change_signal_exit_layers_by_hand():
     signal = Change(num_exits=3, hidden_size=4, num_labels=1)
     scores = signal.score(outputs_of([[1.0, 0.0], [1.5, 0.0], [1.6, 2.0]]))
     assert torch.isnan(scores[0]).all()
-    assert scores[1:].tolist() == pytest.approx([[0.5, 0.0], [0.1, 2.0]])
+    assert scores[1:].flatten().tolist() == pytest.approx([0.5, 0.0, 0.1, 2.0])
     # exit when the change is below 0.2: sample 1 never (it leaves at the last exit), sample 2 at exit 2
     assert simulate_exits(scores, torch.tensor([0.2]), signal.exit_when).tolist() == [[2, 1]]
     signal.target_range = (-4.0, 4.0)
@@ -143,3 +143,5 @@ def test_local_files_with_numeric_targets(cli, tmp_path):
                "--signal", "change", "--no-track", "--output-dir", "model")
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads((tmp_path / "model" / "adaptive_exit.json").read_text())["task"] == "regression"
+    assert_usage_error(cli("train", "--task", "regression", "--no-track", "--max-train-samples", "8"),
+                       "dataset 'movie-reviews' is classification; drop --task regression")
