@@ -3,6 +3,7 @@
     python benchmarks/compare.py --dataset movie-reviews     # run what is missing, then write docs/RESULTS.md
     python benchmarks/compare.py --dataset snli --plan       # list what is missing, with a time estimate
     python benchmarks/compare.py --render-from benchmarks/results    # docs/RESULTS.md from the files alone
+    python benchmarks/compare.py --dataset movie-reviews-rating     # the regression comparison (issue 13)
 
 Protocol (issue 10). Each method has at most three training configurations; each configuration trains
 with seed 1, the one with the best validation AUC is the method's choice, and only it trains with seeds
@@ -10,9 +11,11 @@ with seed 1, the one with the best validation AUC is the method's choice, and on
 it has one) on the validation and the test split, from one all-exits pass per split, so a weighting is
 never confounded with the signal it happens to be read with. The signal of a row is chosen on
 validation too. Every finished training writes `<results>/<dataset>/<configuration>-seed<k>.json`
-(configuration, budget, timing, commit, per-exit accuracy, every signal's full validation and test
+(configuration, budget, timing, commit, per-exit metric, every signal's full validation and test
 curve, COSEE's per-exit weight shares); a training whose file exists is skipped, so the comparison
 can be completed over several sittings, and `--render-from` rebuilds the results from the files.
+The per-exit metric is the task's (accuracy; Pearson for regression), under the key `per_exit_accuracy`
+in every file.
 """
 
 from __future__ import annotations
@@ -33,7 +36,11 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 SPLITS = ("validation", "test")
-EVAL_SIGNALS = ("entropy", "maxprob", "energy", "patience", "patience-confidence", "static")
+EVAL_SIGNALS = {  # the parameter-free signals of each task
+    "classification": ("entropy", "maxprob", "energy", "patience", "patience-confidence", "static"),
+    "regression": ("change", "patience", "static"),
+}
+METRIC_WORD = {"classification": "accuracy", "regression": "Pearson"}
 JOINT = "joint training"
 COSEE_METHODS = ("COSEE (adaptive-exit)", "COSEE (paper)")
 BASELINES = ("PABEE", "DeeBERT", "BERxiT")
@@ -72,16 +79,27 @@ METHODS = (
     Method("DeeBERT", (Config("two-stage", ("--weighting", "two-stage", "--signal", "entropy")),)),
     Method("BERxiT", (Config("alternating-lte", ("--weighting", "alternating", "--signal", "lte")),)),
 )
+REGRESSION_METHODS = (  # the issue-13 comparison: joint training, both COSEE methods and PABEE
+    Method(JOINT, (Config("uniform-change", ("--weighting", "uniform", "--signal", "change")),)),
+    Method("COSEE (adaptive-exit)", (Config("cosee-mix0.6-distill1-change", (
+        "--weighting", "cosee", "--mix", "0.6", "--distill", "1", "--signal", "change")),)),
+    Method("COSEE (paper)", (Config("cosee-paper-change", ("--weighting", "cosee", "--preset", "paper", "--signal",
+                                                          "change")),)),
+    Method("PABEE", (Config("weighted-average-patience", ("--weighting", "weighted-average", "--signal",
+                                                          "patience")),)),
+)
 
 
 @dataclass(frozen=True)
 class Budget:
     """What every training of a dataset gets; ``baselines`` False keeps only the core methods (joint training,
-    both COSEE methods) plus the baseline that did best on movie-reviews' validation split."""
+    both COSEE methods) plus the baseline that did best on movie-reviews' validation split; ``task`` 'regression'
+    runs ``REGRESSION_METHODS`` and reads them with the regression signals."""
 
     epochs: int
     max_train_samples: int | None
     baselines: bool = True
+    task: str = "classification"
 
     def flags(self) -> list[str]:
         flags = ["--epochs", str(self.epochs)]
@@ -93,7 +111,8 @@ class Budget:
         return f"{samples}, {self.epochs} epochs"
 
 
-BUDGETS = {"movie-reviews": Budget(3, None), "snli": Budget(2, 10_000, baselines=False)}
+BUDGETS = {"movie-reviews": Budget(3, None), "snli": Budget(2, 10_000, baselines=False),
+           "movie-reviews-rating": Budget(3, None, task="regression")}
 
 
 @dataclass(frozen=True)
@@ -174,7 +193,9 @@ def best_baseline(records: dict[str, dict[str, Any]]) -> Method | None:
 
 
 def methods_for(dataset: str, results: Path) -> list[Method]:
-    """The methods a dataset's comparison carries (see ``Budget.baselines``)."""
+    """The methods a dataset's comparison carries (see ``Budget.baselines`` and ``Budget.task``)."""
+    if BUDGETS[dataset].task == "regression":
+        return list(REGRESSION_METHODS)
     if BUDGETS[dataset].baselines:
         return list(METHODS)
     core = [m for m in METHODS if m.name == JOINT or m.name in COSEE_METHODS]
@@ -218,15 +239,14 @@ def compact(result: Any) -> dict[str, Any]:
 
 
 def evaluate_every_signal(model_dir: Path) -> tuple[dict[str, Any], dict[str, list[float]], float]:
-    """Every signal's sweep on validation and test (one all-exits pass per split), the per-exit accuracy
-    of each split, and the seconds it took."""
+    """Every signal of the model's task swept on validation and test (one all-exits pass per split), the per-exit
+    metric of each split, and the seconds it took."""
     import torch
 
     from adaptive_exit.config import DataConfig
     from adaptive_exit.data import load_task, tokenize
     from adaptive_exit.evaluation import split_outputs, sweep
-    from adaptive_exit.model import MultiExitModel, load_signal_weights
-    from adaptive_exit.plugins import create
+    from adaptive_exit.model import MultiExitModel, load_signal_weights, signal_for
     from adaptive_exit.precision import Precision, default_device
 
     start = time.perf_counter()
@@ -234,7 +254,8 @@ def evaluate_every_signal(model_dir: Path) -> tuple[dict[str, Any], dict[str, li
     trained = model.config
     device = default_device()
     model.to(device)
-    names = list(EVAL_SIGNALS) + [s for s in [trained["signal"]["name"]] if s not in EVAL_SIGNALS]
+    signals = EVAL_SIGNALS[trained.get("task", "classification")]
+    names = list(signals) + [s for s in [trained["signal"]["name"]] if s not in signals]
     evaluations: dict[str, Any] = {}
     per_exit: dict[str, list[float]] = {}
     data = DataConfig.model_validate({**trained["run"]["data"], "max_eval_samples": None})
@@ -245,9 +266,7 @@ def evaluate_every_signal(model_dir: Path) -> tuple[dict[str, Any], dict[str, li
         evaluations[split] = {}
         for name in names:
             own = name == trained["signal"]["name"]
-            signal = create("signals", name, trained["signal"]["options"] if own else {},
-                            num_exits=model.num_exits, hidden_size=model.encoder.hidden_size,
-                            num_labels=trained["num_labels"])
+            signal = signal_for(model, name, trained["signal"]["options"] if own else {})
             if own:
                 load_signal_weights(signal, model_dir)
             with torch.no_grad():
@@ -355,7 +374,7 @@ def method_rows(dataset: str, results: Path) -> list[dict[str, Any]]:
     return out
 
 
-def verdict(rows: list[dict[str, Any]]) -> list[str]:
+def verdict(rows: list[dict[str, Any]], word: str = "accuracy") -> list[str]:
     """Whether the better COSEE method (by validation) beats joint training on test, as the issue asks:
     in AUC and at 2x and 3x, by more than the larger of the two standard deviations."""
     joint = next((r for r in rows if r["method"] == JOINT), None)
@@ -367,8 +386,8 @@ def verdict(rows: list[dict[str, Any]]) -> list[str]:
         return [f"- Not decided yet: {best['method']} ({best['config']}) has seeds {best['seeds']}, "
                 f"joint training {joint['seeds']}; the verdict needs 3 seeds of each."]
     lines, wins = [], 0
-    for label, a, b in (("AUC", best["auc"], joint["auc"]), ("accuracy at 2x", best["at"]["2"], joint["at"]["2"]),
-                        ("accuracy at 3x", best["at"]["3"], joint["at"]["3"])):
+    for label, a, b in (("AUC", best["auc"], joint["auc"]), (f"{word} at 2x", best["at"]["2"], joint["at"]["2"]),
+                        (f"{word} at 3x", best["at"]["3"], joint["at"]["3"])):
         if None in a or None in b:
             lines.append(f"  - {label}: n/a (a curve does not reach it)")
             continue
@@ -411,16 +430,16 @@ def matrix(dataset: str, results: Path) -> list[str]:
     return lines
 
 
-def plot_curves(rows: list[dict[str, Any]], dataset: str, path: Path) -> None:
+def plot_curves(rows: list[dict[str, Any]], dataset: str, path: Path, word: str = "accuracy") -> None:
     """The chosen rows' test curves, mean over seeds with the band between lowest and highest seed."""
     from adaptive_exit import ChildResult, Comparison, CurvePoint, EvaluationResult
 
-    comparison = Comparison("accuracy", title=f"{dataset}: test accuracy against layer speed-up")
+    comparison = Comparison(word, title=f"{dataset}: test {word} against layer speed-up")
     for row in rows:
         for run in row["runs"]:
             evaluation = run["evaluations"]["test"][row["signal"]]
             curve = [CurvePoint(t, s, m, []) for t, s, m in zip(*evaluation["curve"].values())]
-            result = EvaluationResult(row["signal"], "accuracy", 0, curve, run["per_exit_accuracy"]["test"],
+            result = EvaluationResult(row["signal"], word, 0, curve, run["per_exit_accuracy"]["test"],
                                       evaluation["auc"], evaluation["metric_at"])
             comparison.children.append(ChildResult(run["config"], f"{row['method']} ({row['signal']})",
                                                    run["seed"], result))
@@ -457,6 +476,8 @@ def section(dataset: str, results: Path, figures: Path) -> str:
     """The dataset's section of docs/RESULTS.md, from its result files alone (figures written to ``figures``)."""
     records = load_records(results, dataset)
     budget = BUDGETS[dataset]
+    word = METRIC_WORD[budget.task]
+    short = "acc" if budget.task == "classification" else word
     left = missing(dataset, results)
     table = method_rows(dataset, results)
     lines = [f"## {dataset}", ""]
@@ -481,8 +502,8 @@ def section(dataset: str, results: Path, figures: Path) -> str:
     lines += ["Each method's configuration and the signal it is read with are chosen on validation (seed 1 for "
               "the configuration, the mean over seeds for the signal, among signals whose curves span 1x..Lx). "
               "Test numbers: mean ± sample standard deviation over the seeds.", "",
-              "| method | configuration | signal | seeds | test AUC | acc @1.5x | acc @2x | acc @3x | acc @4x "
-              "| validation AUC |", "|---|---|---|---|---|---|---|---|---|---|"]
+              f"| method | configuration | signal | seeds | test AUC | {short} @1.5x | {short} @2x | {short} @3x | "
+              f"{short} @4x | validation AUC |", "|---|---|---|---|---|---|---|---|---|---|"]
     for row in table:
         lines.append(f"| {row['method']} | `{row['config']}` | {row['signal']} | "
                      f"{','.join(map(str, row['seeds']))} | {cell(row['auc'])} | "
@@ -490,24 +511,24 @@ def section(dataset: str, results: Path, figures: Path) -> str:
                      + f" | {cell(row['validation_auc'])} |")
     if table:
         num_exits = len(table[0]["per_exit"][0])
-        lines += ["", "Per-exit test accuracy of the chosen configurations (mean over seeds):", "",
+        lines += ["", f"Per-exit test {word} of the chosen configurations (mean over seeds):", "",
                   "| method | " + " | ".join(f"exit {k + 1}" for k in range(num_exits)) + " |",
                   "|---|" + "---|" * num_exits]
         for row in table:
             lines.append(f"| {row['method']} | " + " | ".join(
                 f"{mean([p[k] for p in row['per_exit']]):.4f}" for k in range(num_exits)) + " |")
         curves = figures / f"results-{dataset}.png"
-        plot_curves(table, dataset, curves)
-        lines += ["", f"![test accuracy against layer speed-up on {dataset}]({curves.name})"]
-    found = verdict(table)
+        plot_curves(table, dataset, curves, word)
+        lines += ["", f"![test {word} against layer speed-up on {dataset}]({curves.name})"]
+    found = verdict(table, word)
     if found:
-        lines += ["", "Verdict (the bar: ahead of joint training in test AUC and in accuracy at 2x and at 3x, each by "
+        lines += ["", f"Verdict (the bar: ahead of joint training in test AUC and in {word} at 2x and at 3x, each by "
                   "more than the larger of the two standard deviations):", "", *found]
     lines += ["", "Every configuration read with every signal: validation AUC of seed 1 / test AUC, mean over "
               "the seeds found; the row's chosen signal in bold; † a curve that does not span 1x..Lx, whose AUC "
               "averages an easier range and is never chosen.", "", *matrix(dataset, results)]
-    cosee = [records[f"{c.key}-seed1"] for m in METHODS if m.name in COSEE_METHODS for c in m.configs
-             if f"{c.key}-seed1" in records]
+    cosee = [records[f"{c.key}-seed1"] for m in methods_for(dataset, results) if m.name in COSEE_METHODS
+             for c in m.configs if f"{c.key}-seed1" in records]
     shares = figures / f"cosee-weights-{dataset}.png"
     if plot_weight_shares(cosee, shares):
         lines += ["", "COSEE's per-exit share of the cross-entropy weight during training (seed 1; the paper's "
@@ -574,7 +595,7 @@ def main(argv: list[str] | None = None) -> int:
         record = run_training(training, args.dataset, results, Path(args.work))
         done += 1
         print(f"  train {record['train_seconds']:.0f} s, evaluation {record['eval_seconds']:.0f} s, final-exit test "
-              f"accuracy {record['per_exit_accuracy']['test'][-1]:.4f}", flush=True)
+              f"{METRIC_WORD[BUDGETS[args.dataset].task]} {record['per_exit_accuracy']['test'][-1]:.4f}", flush=True)
     render(results, results_file, [args.dataset])
     print(f"wrote {results_file}")
     return 0
