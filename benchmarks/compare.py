@@ -81,8 +81,14 @@ METHODS = (
 )
 REGRESSION_METHODS = (  # the issue-13 comparison: joint training, both COSEE methods and PABEE
     Method(JOINT, (Config("uniform-change", ("--weighting", "uniform", "--signal", "change")),)),
-    Method("COSEE (adaptive-exit)", (Config("cosee-mix0.6-distill1-change", (
-        "--weighting", "cosee", "--mix", "0.6", "--distill", "1", "--signal", "change")),)),
+    Method("COSEE (adaptive-exit)", (
+        Config("cosee-mix0.6-distill1-change", ("--weighting", "cosee", "--mix", "0.6", "--distill", "1", "--signal",
+                                                "change")),
+        # change's bounds span the whole target range, so epoch 1's thresholds drawn from them let almost every
+        # sample leave at exit 2; quantiles of the batch's changes follow the data from the first step
+        Config("cosee-quantiles-mix0.6-distill1-change", ("--weighting", "cosee", "--quantile-thresholds", "--mix",
+                                                          "0.6", "--distill", "1", "--signal", "change")),
+    )),
     Method("COSEE (paper)", (Config("cosee-paper-change", ("--weighting", "cosee", "--preset", "paper", "--signal",
                                                           "change")),)),
     Method("PABEE", (Config("weighted-average-patience", ("--weighting", "weighted-average", "--signal",
