@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import flatten
+from .config import RunConfig, flatten
 from .errors import UsageError
 
 DIRECTORY = "checkpoints"
@@ -140,9 +140,11 @@ def newest(output_dir: str | Path) -> dict[str, Any]:
 
 def differences(then: dict[str, Any], now: dict[str, Any], may_change: tuple[str, ...] = ()) -> str:
     """How two run configurations differ, outside the dotted keys ``may_change`` ('' where they do not), e.g.
-    ``train.lr: 5e-05 then, 0.0001 now``. Keys that ``then`` does not know (fields and options added since it was
-    written) are not compared, and an empty section then (``{}``) matches one with fields now."""
+    ``train.lr: 5e-05 then, 0.0001 now``. A field added since ``then`` was written counts as its default then;
+    plugin options added since are not compared, and an empty section then (``{}``) matches one with fields now."""
     old, new = flatten(then), flatten(now)
+    defaults = flatten(RunConfig().model_dump())
+    old.update({key: defaults[key] for key in new.keys() & defaults.keys() - old.keys()})
 
     def same(key: str) -> bool:
         return old[key] == new[key] if key in new else old[key] == {} and any(k.startswith(f"{key}.") for k in new)

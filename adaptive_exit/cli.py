@@ -530,7 +530,8 @@ def make_parser(argv: list[str]) -> argparse.ArgumentParser:
 
     predict = sub.add_parser("predict", help="early-exit predictions for texts, as JSON lines",
                              description="Read texts (one per line, or JSON lines with the dataset's text fields) and "
-                                         "write one JSON line per text: label, label_id, probabilities, exit_layer.")
+                                         "write one JSON line per text: label, label_id, probabilities, exit_layer "
+                                         "(regression models: value, exit_layer).")
     predict.add_argument("model_dir", help="a directory written by `train`")
     predict.add_argument("--input", default="-", metavar="FILE", help="input file (default: standard input)")
     predict.add_argument("--output", default="-", metavar="FILE", help="output file (default: standard output)")

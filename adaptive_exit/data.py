@@ -409,7 +409,22 @@ def load_task(config: DataConfig) -> TaskData:
     for split, limit in limits.items():
         if limit is not None and limit < len(task.splits[split]):
             task.splits[split] = task.splits[split].select(range(limit))
+        task.splits[split] = _labels_for_task(task.splits[split], task.task, f"dataset '{config.dataset}', {split}")
     return task
+
+
+def _labels_for_task(split: Any, task: str, where: str) -> Any:
+    """The split with float32 targets for regression; a UsageError if a classification split's labels are not
+    integers (the engine tells the tasks apart by the labels' type, so the two must agree)."""
+    from datasets import Value
+
+    dtype = getattr(split.features["label"], "dtype", "")
+    if task == "regression":
+        return split if dtype == "float32" else split.cast_column("label", Value("float32"))
+    if not dtype.startswith(("int", "uint")):
+        raise UsageError(f"{where}: the labels are {dtype or 'not numbers'} but the dataset declares classification; "
+                         f"give integer class labels, or declare task='regression' for numeric targets")
+    return split
 
 
 def tokenize(task: TaskData, tokenizer: Any, max_length: int, splits: tuple[str, ...] = SPLITS) -> Any:

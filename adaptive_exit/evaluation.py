@@ -52,6 +52,7 @@ class EvaluationResult:
             "per_exit_metric": self.per_exit_metric,
             "auc": self.auc,
             "metric_at": self.metric_at,
+            "extra": self.extra,
         }
 
     @classmethod
@@ -59,7 +60,7 @@ class EvaluationResult:
         """The result back from the shape ``to_dict`` gives."""
         curve = [CurvePoint(**point) for point in data["curve"]]
         return cls(data["signal"], data["metric_name"], data["num_samples"], curve, data["per_exit_metric"],
-                   data["auc"], data["metric_at"])
+                   data["auc"], data["metric_at"], extra=data.get("extra", {}))
 
     def table(self, rows: int = 12) -> str:
         """A readable summary: a dozen curve points spread over the speed-up range, then the summary numbers."""
@@ -78,6 +79,10 @@ class EvaluationResult:
             lines.append(f"{p.threshold:>12.6g} {p.speedup:>8.2f}x {p.metric:>9.4f}   {' ' * 24}{counts}")
         per_exit = " ".join(f"{m:.4f}" for m in self.per_exit_metric)
         lines.append(f"per-exit {self.metric_name} (exit 1 -> {num_exits}): {per_exit}")
+        for name in REGRESSION_EXTRAS:
+            values = [self.extra.get(f"exit_{i + 1}_{name}") for i in range(num_exits)]
+            if None not in values:
+                lines.append(f"per-exit {name} (exit 1 -> {num_exits}): {' '.join(f'{v:.4f}' for v in values)}")
         marks = ", ".join(f"{k}x: {'n/a' if v is None else f'{v:.4f}'}" for k, v in self.metric_at.items())
         lines.append(f"AUC of {self.metric_name} over layer speed-up: {self.auc:.4f}    {self.metric_name} at {marks}")
         return "\n".join(lines)

@@ -31,10 +31,10 @@ def average_ranks(values: torch.Tensor) -> torch.Tensor:
     values = values.double()
     order = torch.argsort(values, stable=True)
     ranks = torch.empty_like(values)
-    ranks[order] = torch.arange(1, len(values) + 1, dtype=torch.float64)
+    ranks[order] = torch.arange(1, len(values) + 1, dtype=torch.float64, device=values.device)
     unique, inverse = torch.unique(values, return_inverse=True)
-    sums = torch.zeros(len(unique), dtype=torch.float64).index_add_(0, inverse, ranks)
-    counts = torch.zeros(len(unique), dtype=torch.float64).index_add_(0, inverse, torch.ones_like(ranks))
+    sums = torch.zeros(len(unique), dtype=torch.float64, device=values.device).index_add_(0, inverse, ranks)
+    counts = torch.zeros_like(sums).index_add_(0, inverse, torch.ones_like(ranks))
     return (sums / counts)[inverse]
 
 

@@ -131,7 +131,8 @@ class MultiExitModel(torch.nn.Module):
                 precision: str = "auto") -> list[dict[str, Any]]:
         """Early-exit predictions for raw texts (strings, or pairs / dicts for pair tasks).
 
-        Each answer has ``label``, ``label_id``, ``probabilities`` and ``exit_layer`` (1-based). The
+        Each answer has ``label``, ``label_id``, ``probabilities`` and ``exit_layer`` (1-based); a regression
+        model's has ``value`` and ``exit_layer``. The
         threshold defaults to the one stored by ``adaptive-exit calibrate``; ``signal_options`` go over the
         options the model keeps for its signal; ``precision`` is that of ``--precision`` (auto: bf16 where the CPU
         or GPU runs it natively).

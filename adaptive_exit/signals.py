@@ -91,14 +91,18 @@ class Signal(torch.nn.Module):
         return torch.unique(torch.cat([ends, (grid[1:] + grid[:-1]) / 2]))
 
 
+def require_task(name: str, task: str) -> None:
+    """A UsageError if the signal ``name`` does not serve ``task``, naming the signals that do."""
+    if task not in lookup("signals", name).cls.tasks:
+        serving = sorted(other for other, entry in registry("signals").items() if task in entry.cls.tasks)
+        raise UsageError(f"signal '{name}' does not support {task}; signals for {task}: {', '.join(serving)}")
+
+
 def build_signal(name: str, options: dict, *, num_exits: int, hidden_size: int, num_labels: int,
                  task: str = "classification", target_range: tuple[float, float] | None = None) -> Signal:
     """The signal ``name`` with its ``options`` for a model of ``task`` ('classification' or 'regression'), or a
     UsageError naming the signals that serve that task; ``target_range`` is a regression model's."""
-    cls = lookup("signals", name).cls
-    if task not in cls.tasks:
-        serving = sorted(other for other, entry in registry("signals").items() if task in entry.cls.tasks)
-        raise UsageError(f"signal '{name}' does not support {task}; signals for {task}: {', '.join(serving)}")
+    require_task(name, task)
     signal = create("signals", name, options, num_exits=num_exits, hidden_size=hidden_size, num_labels=num_labels)
     signal.task, signal.target_range = task, target_range
     return signal
@@ -190,7 +194,8 @@ class Energy(Signal):
 
 class Change(Signal):
     """How far a regression exit's prediction moved from the exit before's, |y_i - y_(i-1)|: exit when it is below the
-    threshold (in the target's units). NaN at the first exit, which has none before it."""
+    threshold (in the target's units). NaN at the first exit, which has none before it: no sample leaves there, so
+    the largest layer speed-up is L/2."""
 
     name = "change"
     exit_when = "<"

@@ -28,6 +28,7 @@ from .model import MultiExitModel, signal_for, write_json_atomically
 from .plugins import blamed, call_lifecycle, create, lookup
 from .precision import Precision
 from .preflight import check_disk_room, check_max_length, claimed_output_dir
+from .signals import require_task
 from .weighting import checked_loss
 
 EVAL_BATCH_SIZE = 64
@@ -269,6 +270,7 @@ def fit(config: RunConfig, run: RunInfo, dist: Distributed, precision: Precision
     for ``config.train.epochs`` epochs, evaluating after each; returns model, signal and the last evaluation
     (rank 0; None on the other ranks)."""
     task = load_task_once(config, dist)
+    require_task(config.signal.name, task.task)  # before the backbone loads
     if dist.main and saved is None:
         call_lifecycle("on_data_loaded", run=run, task=task, splits=("train", config.data.eval_split))
     encoder = lookup("backbones", config.model.backbone_type).cls().load(config.model.backbone,

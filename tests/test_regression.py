@@ -63,7 +63,6 @@ def test_regression_patience_by_hand():
     from adaptive_exit_baselines.signals import Patience
 
     signal = Patience(Patience.Options(regression_threshold=0.3), num_exits=4, hidden_size=4, num_labels=1)
-    signal.task = "regression"
     # steps 0.2 (agree), 0.7 (not), 0.1 (agree)
     assert signal.score(outputs_of([[1.0], [1.2], [1.9], [2.0]])).flatten().tolist() == [0.0, 1.0, 0.0, 1.0]
 
@@ -98,6 +97,23 @@ def test_a_signal_of_another_task_is_a_one_line_error():
         build_signal("entropy", {}, num_exits=2, hidden_size=4, num_labels=1, task="regression")
 
 
+def test_labels_follow_the_task_a_dataset_declares():
+    from datasets import Dataset
+
+    from adaptive_exit.data import _labels_for_task
+
+    whole = Dataset.from_dict({"text": ["a", "b"], "label": [1, 5]})
+    assert _labels_for_task(whole, "regression", "stars").features["label"].dtype == "float32"
+    assert _labels_for_task(whole, "classification", "stars") is whole
+    with pytest.raises(UsageError, match="stars: the labels are float64 but the dataset declares classification"):
+        _labels_for_task(Dataset.from_dict({"text": ["a"], "label": [0.5]}), "classification", "stars")
+
+
+def test_train_with_a_signal_of_another_task_is_a_one_line_error(cli):
+    done = cli("train", "--dataset", "movie-reviews-rating", "--no-track", "--max-train-samples", "8")
+    assert_usage_error(done, "signal 'entropy' does not support regression; signals for regression: change")
+
+
 def test_movie_reviews_rating_has_the_sentences_and_splits_of_movie_reviews(env, monkeypatch):
     from adaptive_exit.config import DataConfig
     from adaptive_exit.data import load_task
@@ -123,6 +139,7 @@ def test_train_evaluate_calibrate_predict_and_benchmark_a_regression_model(cli, 
     assert saved["task"] == "regression" and saved["num_labels"] == 1 and saved["metric"] == "pearson"
     result = json.loads(cli("evaluate", "model", "--json", "--no-track", "--check-signal").stdout)
     assert result["metric_name"] == "pearson" and len(result["per_exit_metric"]) == 3
+    assert sorted(result["extra"]) == sorted(f"exit_{i}_{name}" for name in ("mse", "spearman") for i in (1, 2, 3))
     assert cli("calibrate", "model", "--target-speedup", "1.5", "--no-track").returncode == 0
     (tmp_path / "texts.txt").write_text("a gripping, funny film\ndull and far too long\n")
     answers = [json.loads(line) for line in cli("predict", "model", "--input", "texts.txt").stdout.splitlines()]

@@ -58,6 +58,14 @@ def test_only_epochs_and_checkpoint_frequency_may_change():
         checkpoints.check_resumable(state, {**config, "train": {**config["train"], "epochs": 1}}, 1)
 
 
+def test_a_field_added_since_a_config_was_written_counts_as_its_default_then():
+    then = {"data": {"dataset": "csv"}, "signal": {"name": "change", "options": {}}}
+    now = {"data": {"dataset": "csv", "task": None}, "signal": {"name": "change", "options": {"new_option": 1}}}
+    assert checkpoints.differences(then, now) == ""
+    regression = {**now, "data": {"dataset": "csv", "task": "regression"}}
+    assert checkpoints.differences(then, regression) == "data.task: None then, 'regression' now"
+
+
 def test_the_schedule_counts_steps_or_minutes():
     assert [s for s in range(1, 8) if checkpoints.Schedule(3).due(s, False)] == [3, 6]
     assert checkpoints.Schedule(3).due(4, end_of_epoch=True)

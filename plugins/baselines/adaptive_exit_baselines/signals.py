@@ -36,7 +36,7 @@ class Patience(Signal):
         self.bounds = (0.0, float(max(num_exits - 1, 1)))
 
     def score(self, outputs: ExitOutputs) -> torch.Tensor:
-        regression = self.task == "regression"
+        regression = outputs.logits.shape[-1] == 1  # one output per exit: a regression model
         predictions = outputs.logits[..., 0].float() if regression else outputs.logits.argmax(-1)
         counts = torch.zeros(predictions.shape, dtype=torch.float32, device=predictions.device)
         for index in range(1, predictions.shape[0]):
