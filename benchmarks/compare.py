@@ -84,8 +84,9 @@ REGRESSION_METHODS = (  # the issue-13 comparison: joint training, both COSEE me
     Method("COSEE (adaptive-exit)", (
         Config("cosee-mix0.6-distill1-change", ("--weighting", "cosee", "--mix", "0.6", "--distill", "1", "--signal",
                                                 "change")),
-        # change's bounds span the whole target range, so epoch 1's thresholds drawn from them let almost every
-        # sample leave at exit 2; quantiles of the batch's changes follow the data from the first step
+        # change's bounds span the whole target range, and thresholds drawn from them let most samples leave at
+        # exit 2 (which held 0.35-0.50 of the weight through the seed-1 training); quantiles of the batch's changes
+        # follow the data from the first step
         Config("cosee-quantiles-mix0.6-distill1-change", ("--weighting", "cosee", "--quantile-thresholds", "--mix",
                                                           "0.6", "--distill", "1", "--signal", "change")),
     )),
