@@ -161,7 +161,10 @@ def check_early_exit(model: Any, dataset: Any, signal: Signal, thresholds: Itera
                                                                                       batch_size))
     mismatches = exit_mismatches(model, batches, signal, spread_thresholds(thresholds, count), precision)
     if mismatches:
-        raise PluginError(mismatch_report(signal, mismatches))
+        rounding = "" if precision.name == "fp32" else (
+            f"; in {precision.name} a score close to the threshold can also be rounded across it: rerun with "
+            f"--precision fp32 to tell the two apart")
+        raise PluginError(mismatch_report(signal, mismatches) + rounding)
 
 
 @torch.inference_mode()

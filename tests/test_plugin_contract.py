@@ -324,9 +324,14 @@ def test_evaluate_check_signal_catches_a_peeking_signal(register, trained_model,
     assert code == 0, err
     assert "early-exit check passed: real early exit agrees with the sweep for all 32 samples" in err
     code, _, err = run(capsys, "evaluate", str(trained_model), "--signal", "peek-ahead", "--no-track",
-                       "--max-eval-samples", "32", "--check-signal")
+                       "--max-eval-samples", "32", "--check-signal", "--precision", "fp32")
     usage_error(code, err, "signal 'peek-ahead' of plugin 'contract-test'", "fails the early-exit check",
                 "leave at another layer in real early exit than in the simulation")
+    assert "--precision fp32" not in err
+    code, _, err = run(capsys, "evaluate", str(trained_model), "--signal", "peek-ahead", "--no-track",
+                       "--max-eval-samples", "32", "--check-signal", "--precision", "bf16")
+    usage_error(code, err, "fails the early-exit check", "in bf16 a score close to the threshold can also be "
+                "rounded across it: rerun with --precision fp32")
 
 
 # --- adaptive_exit.testing.check_signal ---------------------------------------------------------------------------
