@@ -15,13 +15,25 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM (what ``timeout``, schedulers and ``torchrun`` send), raised so a run ends KILLED like on Ctrl-C."""
 
 
+_sigterm_received = False
+
+
 def _raise_terminated(signum: int, frame: Any) -> None:
+    global _sigterm_received
+    _sigterm_received = True
     raise Terminated()
 
 
 def terminate_on_sigterm() -> None:
     """Make SIGTERM raise ``Terminated`` in the main thread, so a run it stops ends KILLED."""
     signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+def raise_if_terminated() -> None:
+    """Raise ``Terminated`` again if SIGTERM came: a signal that lands inside a ``__del__`` or a callback has its
+    exception ignored by Python, and the work would go on."""
+    if _sigterm_received:
+        raise Terminated()
 
 
 @dataclass

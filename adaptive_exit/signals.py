@@ -73,6 +73,12 @@ class Signal(torch.nn.Module):
         """An extra training loss for the signal's own parameters, or ``None``."""
         return None
 
+    def distance_bounds(self) -> tuple[float, float]:
+        """(0, the training targets' span), or (0, 1) while it is unknown: the ``bounds`` of a regression signal
+        scored as a distance in the target's units, which sets ``bounds = property(Signal.distance_bounds)``."""
+        low, high = self.target_range or (0.0, 1.0)
+        return 0.0, float(high - low)
+
     def thresholds(self, scores: torch.Tensor, count: int = 200) -> torch.Tensor:
         """A threshold grid for the evaluation sweep, spanning 'no early exit' to 'all exit at the first exit'.
 
@@ -201,10 +207,7 @@ class Change(Signal):
     exit_when = "<"
     tasks = ("regression",)
 
-    @property
-    def bounds(self) -> tuple[float, float]:
-        low, high = self.target_range or (0.0, 1.0)
-        return 0.0, float(high - low)
+    bounds = property(Signal.distance_bounds)
 
     def score(self, outputs: ExitOutputs) -> torch.Tensor:
         values = outputs.logits[..., 0].float()

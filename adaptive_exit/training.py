@@ -23,7 +23,7 @@ from .config import RunConfig, validate_options
 from .data import TrainBatches, load_task, make_loader, token_lengths, tokenize
 from .errors import DivergedError, UsageError
 from .evaluation import EvaluationResult, split_outputs, sweep
-from .lifecycle import RunInfo, lifecycle
+from .lifecycle import RunInfo, lifecycle, raise_if_terminated
 from .model import MultiExitModel, signal_for, write_json_atomically
 from .plugins import blamed, call_lifecycle, create, lookup
 from .precision import Precision
@@ -331,6 +331,7 @@ def fit(config: RunConfig, run: RunInfo, dist: Distributed, precision: Precision
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", disable=not dist.main, initial=skip,
                    total=skip + len(loader), mininterval=1.0, dynamic_ncols=True)
         for batch_index, batch in enumerate(bar, start=skip + 1):
+            raise_if_terminated()
             batch = {k: v.to(dist.device) for k, v in batch.items()}
             logs = train_step(wrapped, model, signal, weighting, optimizer, scheduler, batch, step,
                               config.train.max_grad_norm, precision)

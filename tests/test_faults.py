@@ -5,6 +5,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from conftest import TINY
 
 
@@ -40,6 +42,21 @@ def test_sigterm_ends_the_run_killed_with_exit_143(env, tmp_path):
     assert "Traceback" not in stderr
     assert stderr.strip().splitlines()[-1] == "adaptive-exit: terminated"
     assert client.get_run(run.info.run_id).info.status == "KILLED"
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the ignored exception, on purpose
+def test_a_sigterm_whose_exception_python_ignored_still_stops_the_training(monkeypatch):
+    from adaptive_exit import lifecycle
+
+    monkeypatch.setattr(lifecycle, "_sigterm_received", False)
+
+    class Swallows:
+        def __del__(self):
+            lifecycle._raise_terminated(signal.SIGTERM, None)
+
+    Swallows()  # Python prints "Exception ignored in ..." and goes on
+    with pytest.raises(lifecycle.Terminated):
+        lifecycle.raise_if_terminated()
 
 
 def test_a_run_whose_process_was_killed_is_failed_by_the_next_command(env, tmp_path, cli):

@@ -122,10 +122,7 @@ class LearnToExitRegression(Signal):
         super().__init__(options, num_exits=num_exits, hidden_size=hidden_size, num_labels=num_labels)
         self.error = torch.nn.Linear(hidden_size, 1)
 
-    @property
-    def bounds(self) -> tuple[float, float]:
-        low, high = self.target_range or (0.0, 1.0)
-        return 0.0, float(high - low)
+    bounds = property(Signal.distance_bounds)
 
     def score(self, outputs: ExitOutputs) -> torch.Tensor:
         pooled = outputs.pooled.to(self.error.weight.dtype)

@@ -42,10 +42,7 @@ class Drift(Signal):
     exit_when = "<"
     tasks = ("regression",)
 
-    @property
-    def bounds(self) -> tuple[float, float]:
-        low, high = self.target_range or (0.0, 1.0)
-        return 0.0, float(high - low)
+    bounds = property(Signal.distance_bounds)
 
     def score(self, outputs: ExitOutputs) -> torch.Tensor:
         """``[num_exits, batch]``: each exit's distance from the running mean of the exits up to it."""
