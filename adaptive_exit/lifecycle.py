@@ -24,9 +24,17 @@ def _raise_terminated(signum: int, frame: Any) -> None:
     raise Terminated()
 
 
+def _drop_ignored_terminated(unraisable: Any) -> None:
+    if not isinstance(unraisable.exc_value, Terminated):
+        sys.__unraisablehook__(unraisable)
+
+
 def terminate_on_sigterm() -> None:
-    """Make SIGTERM raise ``Terminated`` in the main thread, so a run it stops ends KILLED."""
+    """Make SIGTERM raise ``Terminated`` in the main thread, so a run it stops ends KILLED. Where Python ignores
+    that exception (it landed in a ``__del__`` or a weakref callback) no traceback is printed:
+    ``raise_if_terminated`` raises it again at the next training step."""
     signal.signal(signal.SIGTERM, _raise_terminated)
+    sys.unraisablehook = _drop_ignored_terminated
 
 
 def raise_if_terminated() -> None:
