@@ -1,4 +1,5 @@
-"""The ``adaptive-exit`` command line: train, sweep, evaluate, calibrate, predict, benchmark, benchmark-train, plugins."""
+"""The ``adaptive-exit`` command line: train, sweep, evaluate, calibrate, predict, benchmark, benchmark-train,
+check-backbone, plugins."""
 
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from pydantic import BaseModel
 
-from .config import flag_name, option_from_text
+from .config import flag_name
 from .errors import UsageError
 from .lifecycle import Terminated, terminate_on_sigterm
+from .option_flags import (KIND_OF, SECTIONS, add_plugin_option_flags, option_flag, option_label,
+                           option_targets, route_options)
 
 if TYPE_CHECKING:
     from .sweeps import SweepChild
@@ -25,126 +27,6 @@ CONFIG_SECTIONS = ("model", "data", "train")
 SIGNAL_COMMANDS = ("train", "sweep", "evaluate", "calibrate", "predict", "benchmark")  # they take plugin options
 DEBUG_HELP = "show the traceback behind an error (also: ADAPTIVE_EXIT_DEBUG=1)"
 MLFLOW_UI_HINT = "Compare runs: run `mlflow ui` in this directory and open http://127.0.0.1:5000"
-
-
-SECTIONS = {"signals": "signal", "weightings": "weighting"}
-KIND_OF = {section: kind for kind, section in SECTIONS.items()}
-
-
-def _plugin_options() -> dict[str, list[tuple[str, str, Any]]]:
-    """Every option field declared by a registered signal or weighting: field -> [(kind, name, field info)]."""
-    from .plugins import registry
-
-    options: dict[str, list[tuple[str, str, Any]]] = {}
-    for kind in SECTIONS:
-        for name, entry in registry(kind).items():
-            for field, info in entry.cls.Options.model_fields.items():
-                options.setdefault(field, []).append((kind, name, info))
-    return options
-
-
-def _shown_default(info: Any) -> str:
-    """A field's default as its flag takes it ('required' where there is none)."""
-    if info.is_required():
-        return "required"
-    default = info.get_default(call_default_factory=True)
-    if default is None:
-        return "default none"
-    if isinstance(default, (list, tuple, set, frozenset)):
-        return "default " + (",".join(str(item) for item in default) or "empty")
-    return f"default {default}"
-
-
-def _add_option_flag(group: Any, flag: str, dest: str, owners: list[tuple[str, str, Any]], help_text: str) -> None:
-    if all(info.annotation is bool for _, _, info in owners):
-        group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                           help=help_text)
-    else:
-        group.add_argument(flag, dest=dest, default=argparse.SUPPRESS, metavar="VALUE", help=help_text)
-
-
-def _add_plugin_option_flags(parser: argparse.ArgumentParser, kinds: tuple[str, ...]) -> None:
-    """A flag per option field of the registered signals and weightings (``--NAME``; those of no plugin of ``kinds``
-    hidden from the help, so that they get the same error as any option of a plugin that is not chosen), and the
-    qualified forms ``--signal.NAME`` / ``--weighting.NAME`` for ``kinds``, which name the plugin it goes to."""
-    if len(kinds) > 1:
-        qualified = ("--signal.NAME or --weighting.NAME names the plugin (needed where the chosen signal and "
-                     "weighting both declare NAME)")
-    else:
-        qualified = f"--{SECTIONS[kinds[0]]}.NAME is the same flag"
-    group = parser.add_argument_group(
-        "plugin options", f"Each applies to the chosen {' or '.join(SECTIONS[kind] for kind in kinds)} that "
-                          f"declares it; {qualified}. A list option takes comma-separated values, an optional one "
-                          f"'none'.")
-    for field, owners in sorted(_plugin_options().items()):
-        by_default: dict[str, dict[str, list[str]]] = {}
-        for kind, name, info in owners:
-            if kind in kinds:
-                by_default.setdefault(_shown_default(info), {}).setdefault(kind, []).append(name)
-        declared = "; ".join(", ".join(f"{SECTIONS[kind]} {', '.join(names)}" for kind, names in by_kind.items())
-                             + f": {default}" for default, by_kind in by_default.items())
-        shown = [info for kind, _, info in owners if kind in kinds]
-        help_text = f"{shown[0].description or field} [{declared}]" if shown else argparse.SUPPRESS
-        _add_option_flag(group, flag_name(field), f"option:{field}", owners, help_text)
-        for kind in kinds:
-            mine = [owner for owner in owners if owner[0] == kind]
-            if mine:
-                _add_option_flag(group, f"--{SECTIONS[kind]}.{field.replace('_', '-')}",
-                                 f"option:{SECTIONS[kind]}:{field}", mine, argparse.SUPPRESS)
-
-
-def _option_flag(key: str) -> str:
-    """The flag behind an ``option:...`` key: ``--temperature`` or ``--signal.temperature``."""
-    *section, field = key.split(":")[1:]
-    return "--" + ".".join([*section, field.replace("_", "-")])
-
-
-def _option_label(key: str) -> str:
-    """How a sweep names an option key: ``temperature`` or ``signal.temperature``."""
-    return ".".join(key.split(":")[1:])
-
-
-def _option_targets(key: str, chosen: dict[str, str]) -> list[str]:
-    """The sections ('signal', 'weighting') among ``chosen`` whose plugin declares the option of ``key``."""
-    from .plugins import lookup
-
-    *section, field = key.split(":")[1:]
-    sections = [name for name in section if name in chosen] if section else list(chosen)
-    return [name for name in sections if field in lookup(KIND_OF[name], chosen[name]).cls.Options.model_fields]
-
-
-def route_options(values: dict[str, Any], chosen: dict[str, str]) -> tuple[dict[str, dict[str, Any]],
-                                                                            dict[str, dict[str, str]]]:
-    """The plugin options given as flags, put to the chosen plugins (``chosen``: section -> plugin name).
-
-    Returns, per section, the options as pydantic takes them (``option_from_text``) and the flag that gave each;
-    a UsageError for a flag that no chosen plugin declares, or that both the chosen signal and weighting declare.
-    """
-    from .plugins import lookup
-
-    options: dict[str, dict[str, Any]] = {section: {} for section in chosen}
-    flags: dict[str, dict[str, str]] = {section: {} for section in chosen}
-    for key, value in values.items():
-        if not key.startswith("option:"):
-            continue
-        *qualifier, field = key.split(":")[1:]
-        targets = _option_targets(key, chosen)
-        if not targets:
-            others = ", ".join(f"{SECTIONS[kind]} '{name}'" for kind, name, _ in
-                               _plugin_options().get(field, [])
-                               if not qualifier or SECTIONS[kind] in qualifier)
-            described = " or ".join(f"{section} '{name}'" for section, name in chosen.items()
-                                    if not qualifier or section in qualifier)
-            raise UsageError(f"{_option_flag(key)} is an option of {others}, not of the chosen {described}")
-        if len(targets) > 1:
-            raise UsageError(f"{_option_flag(key)} is an option of both the chosen signal '{chosen['signal']}' and "
-                             f"weighting '{chosen['weighting']}'; use --signal.{field.replace('_', '-')} or "
-                             f"--weighting.{field.replace('_', '-')}")
-        section = targets[0]
-        info = lookup(KIND_OF[section], chosen[section]).cls.Options.model_fields[field]
-        options[section][field] = option_from_text(value, info.annotation) if isinstance(value, str) else value
-        flags[section][field] = _option_flag(key)
-    return options, flags
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -232,7 +114,7 @@ def sweep_children(args: argparse.Namespace) -> tuple[list[SweepChild], dict[str
             if isinstance(value, str) and "," in value
             and (key in ("signal", "weighting") or "." in key or key.startswith("option:"))}
     grid = dict(sorted(grid.items(), key=lambda item: {"weighting": 0, "signal": 1}.get(item[0], 2)))
-    label = {key: _option_label(key) if key.startswith("option:") else key.rsplit(".", 1)[-1] for key in grid}
+    label = {key: option_label(key) if key.startswith("option:") else key.rsplit(".", 1)[-1] for key in grid}
     first = {**values, **{k: v[0] for k, v in grid.items()}}
     base = build_run_config(argparse.Namespace(**{k: v for k, v in first.items() if not k.startswith("option:")}))
     experiment = values.get("experiment") or base.tracking.experiment or (
@@ -249,8 +131,8 @@ def sweep_children(args: argparse.Namespace) -> tuple[list[SweepChild], dict[str
         chosen = {**values, **combo}
         plugins = {"signal": chosen.get("signal") or base.signal.name,
                    "weighting": chosen.get("weighting") or base.weighting.name}
-        applies = {k: v for k, v in combo.items() if not k.startswith("option:") or _option_targets(k, plugins)}
-        chosen = {k: v for k, v in chosen.items() if not k.startswith("option:") or _option_targets(k, plugins)}
+        applies = {k: v for k, v in combo.items() if not k.startswith("option:") or option_targets(k, plugins)}
+        chosen = {k: v for k, v in chosen.items() if not k.startswith("option:") or option_targets(k, plugins)}
         used |= {k for k in chosen if k.startswith("option:")}
         name = " ".join(f"{label[k]}={v}" for k, v in applies.items()) or "base"
         group = " ".join(f"{label[k]}={v}" for k, v in applies.items() if k != "train.seed") or "base"
@@ -261,7 +143,7 @@ def sweep_children(args: argparse.Namespace) -> tuple[list[SweepChild], dict[str
         if key not in seen:
             seen.add(key)
             children.append(SweepChild(name, group, config))
-    unused = sorted(_option_flag(k) for k in values if k.startswith("option:") and k not in used)
+    unused = sorted(option_flag(k) for k in values if k.startswith("option:") and k not in used)
     if unused:
         raise UsageError(f"{', '.join(unused)} applies to none of the sweep's signals and weightings")
     return children, {label[key]: value for key, value in grid.items()}, experiment, output_dir
@@ -412,6 +294,39 @@ def cmd_benchmark_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check_backbone(args: argparse.Namespace) -> int:
+    from .encoder_calls import fidelity_report, load_encoder
+    from .fidelity import TOLERANCE
+
+    try:
+        encoder = load_encoder(args.backbone_type, args.source, args.num_layers, check=False)
+        report = fidelity_report(encoder)
+    except UsageError as exc:
+        if not args.json:
+            raise
+        print(json.dumps({"ok": False, "max_abs_diff": None, "per_layer": [], "architecture": None,
+                          "num_layers": None, "problem": str(exc)}, indent=2))
+        return 2
+    if args.json:
+        print(json.dumps(report.as_json(), indent=2))
+        return 0 if report.ok else 2
+    print(f"backbone '{args.source}': {report.architecture}, {report.num_layers} layers, through "
+          f"{type(encoder).__module__}.{type(encoder).__name__}")
+    if report.per_layer:
+        print("layer  largest |difference| from its own forward (real tokens of the probe sentences)")
+        for index, diff in enumerate(report.per_layer, start=1):
+            print(f"{index:>5}  {diff:.3g}")
+    else:
+        print("no own forward to compare with (the encoder's own_forward gives None)")
+    print(f"a probe sentence alone against the same sentence in a padded batch: {report.alone:.3g}")
+    if report.ok:
+        print(f"OK: run one layer at a time it computes what its own forward computes (tolerance {TOLERANCE:g} of "
+              f"the largest state)")
+        return 0
+    print(f"refused: {report.problem}")
+    return 2
+
+
 def cmd_plugins(args: argparse.Namespace) -> int:
     from .plugins import KINDS, scan, source
 
@@ -419,7 +334,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     listing: dict[str, list[dict[str, Any]]] = {
         kind: [{"name": e.name, "plugin": e.plugin, "version": e.version,
                 "description": (e.cls.__doc__ or "").strip().splitlines()[0] if e.cls.__doc__ else "",
-                **({"tasks": list(e.cls.tasks)} if kind == "signals" else {})}
+                **({"tasks": list(e.cls.tasks), "exit_when": e.cls.exit_when} if kind == "signals" else {})}
                for e in found.registries[kind].values()] for kind in KINDS}
     listing["broken"] = [{"plugin": b.plugin, "distribution": b.distribution, "version": b.version,
                           "problem": b.problem} for b in found.broken]
@@ -429,7 +344,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     for kind in KINDS:
         print(f"{kind}:")
         for item in listing[kind]:
-            tasks = f"  [{', '.join(item['tasks'])}]" if "tasks" in item else ""
+            tasks = (f"  [{', '.join(item['tasks'])}; exit when {item['exit_when']} threshold]" if "tasks" in item
+                     else "")
             print(f"  {item['name']:<20} {item['plugin']} {item['version']}{tasks}  {item['description']}")
     if found.broken:
         print("broken:")
@@ -569,6 +485,21 @@ def make_parser(argv: list[str]) -> argparse.ArgumentParser:
     bench_train.add_argument("--json", action="store_true", help="print the report as JSON")
     bench_train.set_defaults(func=cmd_benchmark_train)
 
+    check = sub.add_parser(
+        "check-backbone", help="check that an encoder, run one layer at a time, computes what its own forward does",
+        description="Load the encoder SOURCE (a local directory, a hub name or an alias: minilm-l6, mpnet-base), "
+                    "run a few real sentences through the model's own forward and through the layer-by-layer path "
+                    "that exits use, and print each layer's largest difference, then OK or why it is refused. "
+                    "Exit code 0 when OK, 2 when refused. train, evaluate and predict run the same check when "
+                    "they load an encoder.")
+    check.add_argument("source", help="a local model directory, a hub name, or an alias (minilm-l6, mpnet-base)")
+    check.add_argument("--backbone-type", default="huggingface",
+                       help="backbone plugin that loads it (default: huggingface; `adaptive-exit plugins` lists them)")
+    check.add_argument("--num-layers", type=int, metavar="N", help="keep only the first N layers")
+    check.add_argument("--json", action="store_true",
+                       help='print {"ok", "max_abs_diff", "per_layer", "architecture", "num_layers", ...}')
+    check.set_defaults(func=cmd_check_backbone)
+
     plugins = sub.add_parser("plugins", help="list signals, weightings, backbones and datasets with their plugins, "
                                              "and the broken plugins")
     plugins.add_argument("--json", action="store_true",
@@ -579,7 +510,7 @@ def make_parser(argv: list[str]) -> argparse.ArgumentParser:
         subparser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
         if command == name and name in SIGNAL_COMMANDS:
             kinds = ("signals", "weightings") if name in ("train", "sweep") else ("signals",)
-            _add_plugin_option_flags(subparser, kinds)
+            add_plugin_option_flags(subparser, kinds)
     return parser
 
 

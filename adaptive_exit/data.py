@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Iterator
 
+from .cache import cache_dir
 from .config import DataConfig
 from .errors import UsageError
 from .hookspecs import hookimpl
@@ -51,12 +52,6 @@ class DatasetSource:
     def load(self, config: DataConfig, subset: str | None) -> TaskData:
         """The splits; ``subset`` is the part after a prefix name (``glue/sst2`` gives 'sst2')."""
         raise NotImplementedError
-
-
-def cache_dir() -> Path:
-    """Where prepared data lives: ``$ADAPTIVE_EXIT_CACHE`` or ``~/.cache/adaptive-exit``."""
-    root = os.environ.get("ADAPTIVE_EXIT_CACHE") or Path.home() / ".cache" / "adaptive-exit"
-    return Path(root)
 
 
 def _find_sdist(downloads: Path, requirement: str) -> Path | None:

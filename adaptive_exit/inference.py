@@ -7,6 +7,7 @@ from typing import Any, Iterable
 
 import torch
 
+from . import encoder_calls
 from .exits import ExitOutputs, exit_condition, simulate_exits
 from .model import pooling_weights
 from .precision import Precision, full_precision
@@ -42,16 +43,15 @@ def early_exit_forward(model: Any, input_ids: torch.Tensor, attention_mask: torc
     encoder = model.encoder
     num_exits = model.num_exits
     batch = input_ids.shape[0]
-    hidden = encoder.embed(input_ids, token_type_ids)
+    hidden, context = encoder_calls.start(encoder, input_ids, token_type_ids, attention_mask)
     mask = attention_mask
-    layer_mask = encoder.layer_mask(mask, hidden.dtype)
     weights = pooling_weights(mask, model.pooling, hidden.dtype)
     active: torch.Tensor | None = None  # original rows still in the batch; None while it is all of them
     answers: torch.Tensor | None = None
     exit_index = torch.full((batch,), num_exits - 1, dtype=torch.long, device=input_ids.device)
     history: tuple[torch.Tensor, torch.Tensor] | None = None
     for index in range(num_exits):
-        hidden = encoder.run_layer(index, hidden, layer_mask)
+        hidden = encoder_calls.run_layer(encoder, index, hidden, context)
         pooled, logits = model.exit_output(index, hidden, weights)
         rows = slice(None) if active is None else active
         if index == num_exits - 1:
@@ -88,7 +88,7 @@ def early_exit_forward(model: Any, input_ids: torch.Tensor, attention_mask: torc
         stay = ~leave
         active, hidden, mask = active[stay], hidden[stay], mask[stay]
         hidden, mask = _trim_padding(hidden, mask)
-        layer_mask = encoder.layer_mask(mask, hidden.dtype)
+        context = encoder_calls.context(encoder, hidden, mask)
         weights = pooling_weights(mask, model.pooling, hidden.dtype)
     return EarlyExitOutput(answers, exit_index)
 
@@ -172,10 +172,9 @@ def final_forward(model: Any, input_ids: torch.Tensor, attention_mask: torch.Ten
                   token_type_ids: torch.Tensor | None) -> torch.Tensor:
     """The full model the engine's way: every layer, then only the final classifier."""
     encoder = model.encoder
-    hidden = encoder.embed(input_ids, token_type_ids)
-    layer_mask = encoder.layer_mask(attention_mask, hidden.dtype)
+    hidden, context = encoder_calls.start(encoder, input_ids, token_type_ids, attention_mask)
     for index in range(model.num_exits):
-        hidden = encoder.run_layer(index, hidden, layer_mask)
+        hidden = encoder_calls.run_layer(encoder, index, hidden, context)
     weights = pooling_weights(attention_mask, model.pooling, hidden.dtype)
     return model.exit_output(model.num_exits - 1, hidden, weights)[1]
 

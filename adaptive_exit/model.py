@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from . import encoder_calls
 from .backbones import Encoder
 from .errors import UsageError
 from .exits import ExitOutputs
@@ -87,12 +88,11 @@ class MultiExitModel(torch.nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: torch.Tensor | None = None) -> ExitOutputs:
         """All exits for every sample (training and evaluation sweeps)."""
-        hidden = self.encoder.embed(input_ids, token_type_ids)
-        mask = self.encoder.layer_mask(attention_mask, hidden.dtype)
+        hidden, context = encoder_calls.start(self.encoder, input_ids, token_type_ids, attention_mask)
         weights = pooling_weights(attention_mask, self.pooling, hidden.dtype)
         pooled_all, logits_all = [], []
         for index in range(self.num_exits):
-            hidden = self.encoder.run_layer(index, hidden, mask)
+            hidden = encoder_calls.run_layer(self.encoder, index, hidden, context)
             pooled, logits = self.exit_output(index, hidden, weights)
             pooled_all.append(pooled)
             logits_all.append(logits)
@@ -104,7 +104,7 @@ class MultiExitModel(torch.nn.Module):
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        self.encoder.save(directory / BACKBONE_DIR)
+        encoder_calls.save_encoder(self.encoder, directory / BACKBONE_DIR)
         state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
         save_file(state, str(directory / WEIGHTS))
         if signal is not None and len(signal.state_dict()) > 0:
@@ -114,16 +114,14 @@ class MultiExitModel(torch.nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> "MultiExitModel":
-        """Load a model directory written by ``save_pretrained``."""
-        from .plugins import lookup
-
+        """Load a model directory written by ``save_pretrained``, checked as at training (the fidelity check)."""
         directory = Path(directory)
         config = read_model_config(directory)
-        backbone = lookup("backbones", config["backbone_type"]).cls()
-        model = cls(backbone.load_saved(directory / BACKBONE_DIR), config)
+        model = cls(encoder_calls.load_saved_encoder(config["backbone_type"], directory / BACKBONE_DIR), config)
         model.load_state_dict(read_weights(directory / WEIGHTS))
         model.directory = directory
         model.eval()
+        encoder_calls.require_fidelity(model.encoder, str(directory))
         return model
 
     def predict(self, texts: list[Any], threshold: float | None = None, batch_size: int = 32,

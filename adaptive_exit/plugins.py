@@ -176,6 +176,9 @@ def class_problem(kind: str, cls: object) -> str | None:
             if clash:
                 return (f"registered {kind[:-1]} '{name}' whose option '{field}' clashes with the built-in flag "
                         f"{clash}; rename the option")
+    if kind == "signals" and not hasattr(cls, "exit_when"):
+        return (f"registered signal '{name}' without exit_when; set it to '<' or '<=' (a sample leaves when its "
+                f"score is below the threshold) or '>' or '>=' (above): no rule is assumed")
     if kind == "signals" and cls.exit_when not in EXIT_RULES:
         return (f"registered signal '{name}' with exit_when = {cls.exit_when!r}; use one of "
                 f"{', '.join(repr(rule) for rule in EXIT_RULES)}")

@@ -46,7 +46,7 @@ class Signal(torch.nn.Module):
     """
 
     name: ClassVar[str] = ""
-    exit_when: ClassVar[str] = "<"
+    exit_when: ClassVar[str]  # required: a subclass that does not set it is refused at registration
     bounds: ClassVar[tuple[float, float]] = (0.0, 1.0)
     Options: ClassVar[type[BaseModel]] = NoOptions
     uses_history: ClassVar[bool] = True

@@ -21,6 +21,7 @@ from . import checkpoints
 from .calibration import calibration_record, choose_threshold
 from .config import RunConfig, validate_options
 from .data import TrainBatches, load_task, make_loader, token_lengths, tokenize
+from .encoder_calls import load_encoder
 from .errors import DivergedError, UsageError
 from .evaluation import EvaluationResult, split_outputs, sweep
 from .lifecycle import RunInfo, lifecycle, raise_if_terminated
@@ -172,6 +173,31 @@ def train_step(forward: torch.nn.Module, model: MultiExitModel, signal: torch.nn
     return logs
 
 
+def probe_plugins(model: MultiExitModel, signal: Any, weighting: Any, dataset: Any, step: int,
+                  precision: Precision) -> None:
+    """Score a few training samples with the signal and with a copy of the weighting before the first step, so that
+    a plugin that raises or returns the wrong shape fails before an epoch is spent (eval mode, random state kept)."""
+    import copy
+
+    from .signals import checked_score
+
+    modes = (model.training, signal.training)
+    model.eval()
+    signal.eval()
+    devices = [precision.device] if precision.device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices), torch.no_grad():  # a loader's iterator draws a seed, too
+            batch = next(iter(make_loader(dataset.select(range(min(8, len(dataset)))), model.tokenizer, 8)))
+            batch = {k: v.to(precision.device) for k, v in batch.items()}
+            with precision.autocast():
+                outputs = model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+            checked_score(signal, outputs)
+            checked_loss(copy.deepcopy(weighting), outputs, batch["labels"], step)
+    finally:
+        model.train(modes[0])
+        signal.train(modes[1])
+
+
 def train_loader(dataset: Any, tokenizer: Any, config: RunConfig, dist: Distributed) -> Any:
     """This process's training batches: grouped by length or random (``train.group_by_length``)."""
     batches = TrainBatches(token_lengths(dataset), config.train.batch_size, config.train.seed,
@@ -273,8 +299,7 @@ def fit(config: RunConfig, run: RunInfo, dist: Distributed, precision: Precision
     require_task(config.signal.name, task.task)  # before the backbone loads
     if dist.main and saved is None:
         call_lifecycle("on_data_loaded", run=run, task=task, splits=("train", config.data.eval_split))
-    encoder = lookup("backbones", config.model.backbone_type).cls().load(config.model.backbone,
-                                                                         config.model.num_layers)
+    encoder = load_encoder(config.model.backbone_type, config.model.backbone, config.model.num_layers)
     check_max_length(config.data.max_length, encoder, config.model.backbone)
     model = MultiExitModel(encoder, model_config(config, task)).to(dist.device)
     if dist.main:
@@ -309,6 +334,7 @@ def fit(config: RunConfig, run: RunInfo, dist: Distributed, precision: Precision
         if dist.main:
             print(f"adaptive-exit: resuming from {saved['path']} (epoch {start.epoch + 1}, step {start.step})",
                   file=sys.stderr)
+    probe_plugins(model, signal, weighting, tokenized["train"], start.step, precision)
     schedule = checkpoints.Schedule(config.train.checkpoint_every, dist.world_size)
 
     def checkpoint(position: checkpoints.Position) -> None:

@@ -11,7 +11,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from adaptive_exit import MultiExitModel, simulate_exits
-from adaptive_exit.backbones import resolve_source
+from adaptive_exit.aliases import resolve_source
 from adaptive_exit.inference import early_exit_forward, model_signal
 from adaptive_exit.precision import Precision
 

@@ -22,6 +22,7 @@ from adaptive_exit import Signal, hookimpl
 class Good(Signal):
     """A signal that is fine."""
     name = "good-signal"
+    exit_when = ">"
     def score(self, outputs):
         return outputs.logits.float().softmax(-1).amax(-1)
 
@@ -55,6 +56,19 @@ class Equal(Signal):
 def register_signals(register):
     register(Equal)
 ''', "exit_when = '=='; use one of '<', '<=', '>', '>='"),
+    "no-rule": ('''
+from adaptive_exit import Signal, hookimpl
+
+class Above(Signal):
+    """Exit when the top probability is above the threshold (but exit_when is forgotten)."""
+    name = "above"
+    def score(self, outputs):
+        return outputs.logits.float().softmax(-1).amax(-1)
+
+@hookimpl
+def register_signals(register):
+    register(Above)
+''', "registered signal 'above' without exit_when; set it to '<' or '<='"),
     "misspelled": ('''
 from adaptive_exit import hookimpl
 
@@ -313,6 +327,7 @@ def test_weighting_loss_is_checked(weighting, problem, register, offline, capsys
                        "--max-train-samples", "8", "--max-eval-samples", "8", "--max-length", "16",
                        "--output-dir", "out")
     usage_error(code, err, f"weighting '{weighting}' of plugin 'contract-test'", problem)
+    assert "epoch 1/1" not in err  # found by the probe batch, before the first training step
 
 
 def test_evaluate_check_signal_catches_a_peeking_signal(register, trained_model, offline, capsys):
