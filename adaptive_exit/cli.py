@@ -189,7 +189,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     result = evaluate_model_dir(args.model_dir, signal=args.signal, signal_options=_saved_model_signal_options(args),
                                 dataset=args.dataset, split=args.split, thresholds=args.thresholds,
                                 max_samples=args.max_eval_samples, batch_size=args.batch_size,
-                                track=not args.no_track, precision=args.precision, check_signal=args.check_signal)
+                                track=not args.no_track, precision=args.precision, check_signal=args.check_signal,
+                                delta=args.delta)
     if args.check_signal:
         print(f"adaptive-exit: early-exit check passed: real early exit agrees with the sweep for all "
               f"{result.num_samples} samples", file=sys.stderr)
@@ -200,16 +201,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from .calibration import calibrate_model_dir
 
+    texts = _read_inputs(args.input) if args.input is not None else None
     stored = calibrate_model_dir(args.model_dir, target_speedup=args.target_speedup, max_drop=args.max_drop,
                                  signal=args.signal, signal_options=_saved_model_signal_options(args),
                                  dataset=args.dataset, split=args.split, max_samples=args.max_eval_samples,
-                                 track=not args.no_track, precision=args.precision)
+                                 track=not args.no_track, precision=args.precision, max_risk=args.max_risk,
+                                 delta=args.delta, risk=args.risk, texts=texts, input_name=args.input)
     if args.json:
         print(json.dumps(stored, indent=2))
-    else:
-        print(f"threshold {stored['threshold']:.6g} for signal {stored['signal']}: layer speed-up "
-              f"{stored['speedup']:.2f}x, {stored['metric_name']} {stored['metric']:.4f} (full model "
-              f"{stored['full_metric']:.4f}) on {stored['split']}; stored in {args.model_dir}")
+        return 0
+    print(f"threshold {stored['threshold']:.6g} for signal {stored['signal']}: layer speed-up {stored['speedup']:.2f}x"
+          + (f", {stored['metric_name']} {stored['metric']:.4f} (full model {stored['full_metric']:.4f})"
+             if "metric" in stored else "") + f" on {stored['split']}; stored in {args.model_dir}")
+    if args.max_risk is not None:
+        print(f"certified: {stored['risk']} risk at most {stored['max_risk']:g} points with probability "
+              f"{1 - stored['delta']:g} (upper bound {100 * stored['certified_bound']:.2f} points; "
+              f"{100 * stored['empirical_risk']:.2f} on these {stored['samples']} samples), if the data served later "
+              f"are exchangeable with them")
     return 0
 
 
@@ -429,19 +437,42 @@ def make_parser(argv: list[str]) -> argparse.ArgumentParser:
     evaluate.add_argument("--thresholds", type=float, nargs="+", metavar="T",
                           help="thresholds to sweep (default: a grid over the signal's observed range)")
     evaluate.add_argument("--batch-size", type=int, default=64, help="batch size (default: 64)")
+    evaluate.add_argument("--delta", type=float, default=0.1, metavar="D",
+                          help="in --json, each point carries the accuracy-drop and disagreement risks and their upper "
+                               "confidence bounds at D (default: 0.1)")
     evaluate.add_argument("--check-signal", action="store_true",
                           help="also run real early exit at some of the sweep's thresholds and fail, naming the "
                                "signal, if any sample leaves at another layer than the sweep says")
     evaluate.set_defaults(func=cmd_evaluate)
 
-    calibrate = sub.add_parser("calibrate", help="pick and store the threshold for a target speed-up or metric drop",
-                               description="Sweep the validation split and store in MODEL_DIR the threshold with the "
-                                           "best metric at --target-speedup or more (or the fastest within --max-drop "
-                                           "points of the full model); predict and benchmark use it from then on.")
+    calibrate = sub.add_parser(
+        "calibrate", help="pick and store the threshold: a target speed-up, a metric drop, or a certified risk",
+        description="Pick a threshold on calibration data and store it in MODEL_DIR; predict, benchmark and the "
+                    "MLflow model use it from then on. --max-risk E --delta D picks the fastest threshold whose risk "
+                    "(the share of samples the early answer gets wrong where the full model is right, or with --risk "
+                    "disagreement: where the two differ) is certified at most E points with probability at least 1 - D "
+                    "over the draw of the calibration data, assuming that data and the data served later are "
+                    "exchangeable (drawn alike, in no particular order). --target-speedup and --max-drop are point "
+                    "estimates on the split: they promise nothing about new data.")
     _add_saved_model_args(calibrate, "print what was stored as JSON")
     goal = calibrate.add_mutually_exclusive_group(required=True)
-    goal.add_argument("--target-speedup", type=float, metavar="X", help="minimum layer speed-up, e.g. 2.0")
-    goal.add_argument("--max-drop", type=float, metavar="D", help="largest metric drop in points (0.5 = 0.005 accuracy)")
+    goal.add_argument("--target-speedup", type=float, metavar="X",
+                      help="the best metric at a layer speed-up of at least X on the split (a point estimate)")
+    goal.add_argument("--max-drop", type=float, metavar="D",
+                      help="the fastest threshold within D points of the full model's metric on the split (0.5 = "
+                           "0.005 accuracy); a point estimate: new data may lose more")
+    goal.add_argument("--max-risk", type=float, metavar="E",
+                      help="the fastest threshold whose risk is certified at most E points (1 = 0.01) with "
+                           "probability 1 - --delta")
+    calibrate.add_argument("--delta", type=float, default=0.1, metavar="D",
+                           help="with --max-risk: the chance allowed that the certificate is wrong (default: 0.1)")
+    calibrate.add_argument("--risk", choices=("accuracy-drop", "disagreement"), default="accuracy-drop",
+                           help="with --max-risk: accuracy-drop (labelled data: wrong where the full model is right) "
+                                "or disagreement (no labels needed: the early answer differs from the full model's) "
+                                "(default: accuracy-drop)")
+    calibrate.add_argument("--input", metavar="FILE",
+                           help="with --max-risk --risk disagreement: calibrate on these unlabelled texts (as predict "
+                                "reads them: a text per line, or JSON lines; '-' for standard input) instead of a split")
     calibrate.set_defaults(func=cmd_calibrate)
 
     predict = sub.add_parser("predict", help="early-exit predictions for texts, as JSON lines",

@@ -93,7 +93,8 @@ class RunConfig(_Strict):
 COMMAND_FLAGS = frozenset({
     "config", "signal", "weighting", "output_dir", "experiment", "no_track", "model_dir", "dataset", "split",
     "max_eval_samples", "json", "precision", "thresholds", "batch_size", "check_signal", "target_speedup",
-    "max_drop", "input", "output", "threshold", "batch_sizes", "repeats", "debug", "help", "resume",
+    "max_drop", "max_risk", "delta", "risk", "input", "output", "threshold", "batch_sizes", "repeats", "debug", "help",
+    "resume",
 })
 
 

@@ -26,6 +26,7 @@ class CurvePoint:
     speedup: float
     metric: float
     exit_counts: list[int]
+    risk: dict[str, float] | None = None  # with a delta: empirical risks and their upper confidence bounds
 
 
 @dataclass
@@ -137,8 +138,9 @@ def summarize_curve(curve: list[CurvePoint], marks: Iterable[float] = SPEEDUP_MA
 
 
 def sweep(outputs: ExitOutputs, labels: torch.Tensor, signal: Signal, metric_name: str = "accuracy",
-          thresholds: torch.Tensor | None = None) -> EvaluationResult:
-    """Simulate every threshold at once on one all-exits pass."""
+          thresholds: torch.Tensor | None = None, delta: float | None = None) -> EvaluationResult:
+    """Simulate every threshold at once on one all-exits pass; with ``delta`` (classification), each point also
+    carries the accuracy-drop and disagreement risks and their upper confidence bounds at ``delta``."""
     device = next(signal.parameters(), torch.empty(0)).device
     with torch.no_grad():
         scores = checked_score(signal, ExitOutputs(outputs.logits.to(device), outputs.pooled.to(device))).double().cpu()
@@ -159,6 +161,11 @@ def sweep(outputs: ExitOutputs, labels: torch.Tensor, signal: Signal, metric_nam
         CurvePoint(float(t), float(s), compute(metric_name, chosen[k], labels), counts[k].tolist())
         for k, (t, s) in enumerate(zip(thresholds, speedups))
     ]
+    if delta is not None and not labels.is_floating_point():
+        from .risk import risk_bounds
+
+        for point, bounds in zip(curve, risk_bounds(chosen, predictions[-1], labels, delta)):
+            point.risk = bounds
     per_exit = [compute(metric_name, predictions[i], labels) for i in range(num_exits)]
     auc, metric_at = summarize_curve(curve)
     extra = {f"exit_{i + 1}_{name}": compute(name, predictions[i], labels) for name in REGRESSION_EXTRAS
@@ -170,14 +177,16 @@ def evaluate_model_dir(model_dir: str, signal: str | None = None, signal_options
                        dataset: str | None = None, split: str = "validation", thresholds: list[float] | None = None,
                        max_samples: int | None = None, batch_size: int = 64, track: bool = True,
                        command: str = "evaluate",
-                       finish: Callable[[EvaluationResult], None] | None = None,
+                       finish: Callable[[EvaluationResult, ExitOutputs, torch.Tensor, Signal], None] | None = None,
                        parent: Any = None, run_name: str | None = None, precision: str = "auto",
-                       check_signal: bool = False) -> EvaluationResult:
+                       check_signal: bool = False, delta: float | None = None) -> EvaluationResult:
     """Sweep a saved model on a split, with its own signal and dataset unless others are named.
 
     ``check_signal`` also runs real early exit on the split at some of the sweep's thresholds and raises a
     PluginError if any sample leaves at another layer than the sweep says (``inference.check_early_exit``).
-    ``finish``, if given, sees the result before the trackers do (``calibrate`` picks its threshold there).
+    ``finish``, if given, sees the result, the split's all-exits outputs and labels, and the signal before the
+    trackers do (``calibrate`` picks its threshold there). ``delta``: each point of the sweep carries the risks'
+    upper confidence bounds at ``delta``.
     ``parent`` (a ``RunInfo``) makes the run a child run in the parent's experiment; ``run_name`` names it.
     """
     from pydantic import ValidationError
@@ -205,6 +214,8 @@ def evaluate_model_dir(model_dir: str, signal: str | None = None, signal_options
         raise UsageError(describe_validation_error(exc, prefix="data")) from None
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1 (got {batch_size})")
+    if delta is not None and not 0 < delta < 1:
+        raise UsageError(f"--delta must be a probability between 0 and 1 (got {delta:g})")
     device = default_device()
     runs_in = Precision(precision, device)
     plugins = {"signal": lookup("signals", signal_name), "dataset": lookup("datasets", data_config.dataset),
@@ -232,11 +243,11 @@ def evaluate_model_dir(model_dir: str, signal: str | None = None, signal_options
         tokenized = tokenize(task, model.tokenizer, data_config.max_length, (split,))
         outputs, labels = split_outputs(model, tokenized[split], batch_size, device, runs_in)
         result = sweep(outputs, labels, signal_obj, task.metric,
-                       None if thresholds is None else torch.tensor(thresholds, dtype=torch.float64))
+                       None if thresholds is None else torch.tensor(thresholds, dtype=torch.float64), delta)
         if check_signal:
             check_early_exit(model, tokenized[split], signal_obj, [p.threshold for p in result.curve], batch_size,
                              runs_in)
         if finish is not None:
-            finish(result)
+            finish(result, outputs, labels, signal_obj)
         call_lifecycle("on_evaluate_end", run=run, results=result)
     return result

@@ -13,47 +13,31 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any, Iterable
 
 import torch
+
+from .exits import exit_predictions, simulate_exits
 
 RISKS = ("accuracy-drop", "disagreement")
 
 
-def binomial_cdf(k: int, n: int, p: float) -> float:
-    """P(Binomial(n, p) <= k)."""
-    if k < 0:
-        return 0.0
-    if k >= n or p <= 0.0:
-        return 1.0
-    if p >= 1.0:
-        return 0.0
-    log_p, log_q = math.log(p), math.log1p(-p)
-    terms = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * log_p + (n - i) * log_q
-             for i in range(k + 1)]
-    top = max(terms)
-    return min(1.0, math.exp(top) * sum(math.exp(t - top) for t in terms))
+def p_value(losses: Any, n: int, max_risk: float) -> Any:
+    """The exact binomial p-value of "the risk is above ``max_risk``" after ``losses`` losses in ``n`` samples (a
+    number, or an array of them): the chance of so few losses, P(Binomial(n, max_risk) <= losses), if the risk were
+    ``max_risk``."""
+    from scipy.stats import binom
 
-
-def p_value(losses: int, n: int, max_risk: float) -> float:
-    """The exact binomial p-value of "the risk is above ``max_risk``" after ``losses`` losses in ``n`` samples: the
-    chance of so few losses if the risk were ``max_risk``."""
-    return binomial_cdf(losses, n, max_risk)
+    values = binom.cdf(losses, n, max_risk)
+    return float(values) if values.ndim == 0 else values
 
 
 def upper_bound(losses: int, n: int, delta: float) -> float:
-    """The Clopper–Pearson upper confidence bound of the risk at level ``delta``: the largest risk under which
-    ``losses`` or fewer losses in ``n`` samples still have a chance of at least ``delta``."""
-    if n == 0 or losses >= n:
-        return 1.0
-    low, high = losses / n, 1.0
-    for _ in range(60):
-        middle = (low + high) / 2
-        if binomial_cdf(losses, n, middle) >= delta:
-            low = middle
-        else:
-            high = middle
-    return high
+    """The Clopper–Pearson upper confidence bound of the risk at level ``delta``: the risk under which ``losses`` or
+    fewer losses in ``n`` samples have a chance of exactly ``delta`` (1 when every sample is a loss)."""
+    from scipy.stats import beta
+
+    return 1.0 if losses >= n else float(beta.ppf(1.0 - delta, losses + 1, n - losses))
 
 
 def samples_needed(max_risk: float, delta: float) -> int:
@@ -96,15 +80,38 @@ def per_sample_losses(early: torch.Tensor, full: torch.Tensor, labels: torch.Ten
     return ((early != labels) & (full == labels)).to(torch.int64)
 
 
-def certify(losses: torch.Tensor, speedups: list[float], thresholds: list[float], max_risk: float,
+def exits_and_answers(logits: torch.Tensor, scores: torch.Tensor, thresholds: torch.Tensor,
+                      exit_when: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For every threshold, each sample's exit (0-based, ``[thresholds, N]``) and early answer (``[thresholds, N]``);
+    and the full model's answers ``[N]`` (classes from all-exits ``logits`` and the signal's ``scores``)."""
+    predictions = exit_predictions(logits, regression=False)
+    exit_index = simulate_exits(scores, thresholds, exit_when)
+    return exit_index, predictions.gather(0, exit_index), predictions[-1]
+
+
+def speedups(exit_index: torch.Tensor, num_exits: int) -> torch.Tensor:
+    """The layer speed-up of every threshold (rows of ``exit_index``) over its samples (columns)."""
+    return num_exits * exit_index.shape[1] / (exit_index + 1).sum(1).double()
+
+
+def risk_bounds(early: torch.Tensor, full: torch.Tensor, labels: torch.Tensor, delta: float) -> list[dict[str, float]]:
+    """Per threshold: the empirical accuracy-drop and disagreement risks and their upper confidence bounds at
+    ``delta`` (what ``evaluate --json`` shows beside each point of the sweep)."""
+    n = early.shape[1]
+    found = {name: per_sample_losses(early, full, labels, name).sum(1).tolist() for name in RISKS}
+    return [{f"{name.replace('-', '_')}{suffix}": value for name in RISKS
+             for suffix, value in (("", found[name][k] / n), ("_ucb", upper_bound(int(found[name][k]), n, delta)))}
+            for k in range(early.shape[0])]
+
+
+def certify(losses: list[int], n: int, speedups: list[float], thresholds: list[float], max_risk: float,
             delta: float) -> Certified:
-    """Fixed-sequence testing over ``thresholds`` (ordered from the most conservative to the most aggressive, with
-    their ``losses`` ``[thresholds, N]`` and layer ``speedups`` on the calibration data): the last one certified."""
-    n = losses.shape[1]
-    counts = losses.sum(1).tolist()
-    passed = fixed_sequence((p_value(int(k), n, max_risk) for k in counts), delta)
+    """Fixed-sequence testing over ``thresholds`` (ordered from the most conservative to the most aggressive), with
+    each one's number of ``losses`` among the ``n`` calibration samples and its layer ``speedups`` there: the last
+    one certified."""
+    passed = fixed_sequence(p_value(losses, n, max_risk).tolist(), delta)
     if passed == 0:
         return Certified(None, None, None, None, 0, n)
     chosen = passed - 1
-    return Certified(thresholds[chosen], counts[chosen] / n, upper_bound(int(counts[chosen]), n, delta),
+    return Certified(thresholds[chosen], losses[chosen] / n, upper_bound(int(losses[chosen]), n, delta),
                      speedups[chosen], passed, n)

@@ -56,7 +56,7 @@ def test_evaluate_json_with_any_signal(cli, trained_model):
     result = json.loads(done.stdout)
     assert set(result) >= {"curve", "per_exit_metric", "auc", "metric_at"}
     assert result["signal"] == "energy" and result["num_samples"] == 40
-    assert set(result["curve"][0]) == {"threshold", "speedup", "metric", "exit_counts"}
+    assert set(result["curve"][0]) == {"threshold", "speedup", "metric", "exit_counts", "risk"}
     assert {p["speedup"] for p in result["curve"]} >= {1.0, 2.0}
     assert all(sum(p["exit_counts"]) == 40 for p in result["curve"])
     assert set(result["metric_at"]) == {"1.5", "2", "3", "4"} and result["metric_at"]["3"] is None
