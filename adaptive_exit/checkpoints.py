@@ -3,7 +3,6 @@ output directory's ``checkpoints/``, the last two kept."""
 
 from __future__ import annotations
 
-import os
 import pickle
 import random
 import sys
@@ -17,6 +16,7 @@ import torch
 
 from .config import RunConfig, flatten
 from .errors import UsageError
+from .writes import write_atomically, writing
 
 DIRECTORY = "checkpoints"
 KEEP = 2
@@ -67,7 +67,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 class Schedule:
     """When to write a checkpoint: every ``every`` steps, or (``every`` None) every ``minutes`` of training; never
-    with ``every`` 0. The end of every epoch but the last is always due (with ``every`` other than 0)."""
+    with ``every`` 0. The end of every epoch is always due (with ``every`` other than 0)."""
 
     def __init__(self, every: int | None, world_size: int = 1, minutes: float = DEFAULT_MINUTES):
         self.every = every
@@ -94,17 +94,14 @@ class Schedule:
 
 
 def write(output_dir: str | Path, state: dict[str, Any], step: int) -> Path:
-    """Write ``state`` as ``checkpoints/step-<step>.pt`` (a temporary file, flushed, renamed over), then delete all
-    but the newest ``KEEP`` checkpoints."""
+    """Write ``state`` as ``checkpoints/step-<step>.pt`` (whole or absent; a full disk is a DiskFullError), then
+    delete all but the newest ``KEEP`` checkpoints."""
     directory = checkpoint_dir(output_dir)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"step-{step:08d}.pt"
-    temporary = directory / f".{path.name}.tmp"
-    with open(temporary, "wb") as handle:
-        torch.save({"format": FORMAT, **state}, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    with writing(f"a checkpoint into '{directory}'", directory,
+                 then="run the same command with --resume (the checkpoints before it are whole)"):
+        write_atomically(path, lambda handle: torch.save({"format": FORMAT, **state}, handle), binary=True)
     for old in sorted(directory.glob("step-*.pt"))[:-KEEP]:
         old.unlink()
     return path

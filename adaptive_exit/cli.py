@@ -553,23 +553,36 @@ def quiet_libraries() -> None:
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     for name in ("alembic", "mlflow", "urllib3", "httpx"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # MLflow's SQL store logs each database error with its traceback, then raises it: the raised error gets its line
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module="mlflow")
 
 
 def known_error(exc: BaseException) -> str | None:
-    """One line for an error of a kind the operating system, Unicode or JSON raise (which file, what to do), or
-    None for any other error."""
+    """One line for an error of a kind the operating system, Unicode, JSON, safetensors, MLflow or its SQLite store
+    raise (which file, what to do), or None for any other error."""
+    from .writes import is_disk_full
+
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if is_disk_full(exc):
+        return f"no space left on the disk ({first}); free some space"
     if isinstance(exc, UnicodeDecodeError):
         return f"a file is not UTF-8 text (byte {exc.start} is not: {exc.reason}); convert it to UTF-8"
     if isinstance(exc, json.JSONDecodeError):
         return f"a file is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); correct or restore it"
     if isinstance(exc, OSError) and exc.strerror:
         where = f" '{exc.filename}'" if exc.filename else ""
-        advice = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some space",
-                  errno.EACCES: "fix its permissions or pass another path", errno.EROFS: "pass another path",
+        advice = {errno.EACCES: "fix its permissions or pass another path", errno.EROFS: "pass another path",
                   errno.ENOENT: "check the path"}.get(exc.errno, "check the file and the disk")
         return f"{exc.strerror}{where}; {advice}"
+    modules = {cls.__module__.split(".")[0] for cls in type(exc).__mro__}
+    if "safetensors" in modules:
+        return f"a safetensors file could not be written or read ({first}); check the file and the disk"
+    if "mlflow" in modules:
+        return f"MLflow failed: {first}; check MLFLOW_TRACKING_URI and its store, or pass --no-track"
+    if "sqlite3" in modules or "sqlalchemy" in modules:
+        return f"the MLflow store could not be used ({first}); check its file and the disk, or pass --no-track"
     return None
 
 

@@ -62,7 +62,7 @@ class TrainConfig(_Strict):
                           "sorted by length): far less padding, same random batch order")
     checkpoint_every: int | None = Field(
         None, ge=0, description="write a checkpoint (for --resume) every N steps; none: every 10 minutes of training; "
-                                "0: never. The end of every epoch but the last is always one")
+                                "0: never. The end of every epoch, before its evaluation, is always one")
     calibrate_speedup: float | None = Field(
         2.0, ge=1.0, description="after training, store the threshold with the best evaluation-split metric at this "
                                  "layer speed-up or more, as `calibrate --target-speedup` would (predict's default)")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ from .backbones import Encoder
 from .errors import UsageError
 from .exits import ExitOutputs
 from .precision import full_precision
+from .writes import write_atomically
 
 MODEL_CONFIG = "adaptive_exit.json"
 WEIGHTS = "model.safetensors"
@@ -187,14 +187,8 @@ def update_model_config(directory: str | Path, key: str, value: Any) -> None:
 
 
 def write_json_atomically(path: Path, data: dict[str, Any]) -> None:
-    """Write a JSON file (a model's config, a sweep's record) atomically: a temporary file beside it, flushed to
-    disk, renamed over it, so a crash leaves the old file or the new one, never half of one."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "w") as handle:
-        handle.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    """Write a JSON file (a model's config, a sweep's record) atomically: whole or absent (``write_atomically``)."""
+    write_atomically(path, lambda handle: handle.write(json.dumps(data, indent=2, sort_keys=True) + "\n"))
 
 
 def load_signal_weights(signal: torch.nn.Module, directory: str | Path) -> None:

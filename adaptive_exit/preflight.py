@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import sys
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -74,3 +75,29 @@ def check_max_length(max_length: int, encoder: Any, backbone: str) -> None:
     if limit is not None and max_length > limit:
         raise UsageError(f"--max-length {max_length} is more than backbone '{backbone}' takes ({limit} tokens); "
                          f"pass --max-length {limit} or less")
+
+
+# Below this many evaluation samples a sweep says little: one sample moves the accuracy by more than a point, and the
+# standard error of an accuracy near 0.8 is sqrt(0.16 / n), 4 points at n = 100, more than the differences between
+# thresholds near 2x that calibration chooses between.
+MIN_EVALUATION_SAMPLES = 100
+
+
+def check_training_data(task: Any, data: Any, warn: bool = True) -> None:
+    """A UsageError if a classification training split holds fewer than two classes (nothing to learn, and no exit
+    signal is defined on one class); with ``warn``, a warning on stderr if the evaluation split is too small to mean
+    much."""
+    where = f"training file '{data.train_file}'" if data.train_file else f"dataset '{data.dataset}'"
+    if task.task == "classification":
+        classes = sorted(set(task.splits["train"]["label"]))
+        if len(classes) < 2:
+            found = f"only the class '{task.label_names[classes[0]]}'" if classes else "no labelled row"
+            raise UsageError(f"the training split of {where} holds {found}: a classifier needs at least two classes; "
+                             f"check the label column (--label-column) and the file")
+    size = len(task.splits[data.eval_split])
+    if warn and size < MIN_EVALUATION_SAMPLES:
+        source = f"validation file '{data.validation_file}'" if data.validation_file else where
+        print(f"adaptive-exit: warning: the {data.eval_split} split of {source} has {size} sample(s): one sample moves "
+              f"the accuracy by {100 / max(size, 1):.0f} points, so its sweep and the stored threshold say little; "
+              f"give at least {MIN_EVALUATION_SAMPLES} (--validation-file, or more --max-eval-samples)",
+              file=sys.stderr)

@@ -109,6 +109,9 @@ def build_signal(name: str, options: dict, *, num_exits: int, hidden_size: int, 
     """The signal ``name`` with its ``options`` for a model of ``task`` ('classification' or 'regression'), or a
     UsageError naming the signals that serve that task; ``target_range`` is a regression model's."""
     require_task(name, task)
+    if task == "classification" and num_labels < 2:
+        raise UsageError(f"a classification model needs at least two classes, and this one has {num_labels}; no exit "
+                         f"signal is defined on one class")
     signal = create("signals", name, options, num_exits=num_exits, hidden_size=hidden_size, num_labels=num_labels)
     signal.task, signal.target_range = task, target_range
     return signal

@@ -25,9 +25,10 @@ import yaml
 from .config import flatten
 from .errors import UsageError
 from .hookspecs import hookimpl
+from .run_status import HOST, PID, end_run, fail_dead_runs, fail_pending_models, local_path
+from .writes import writing
 
 RUN_ID = "mlflow_run_id"
-PID, HOST = "adaptive_exit.pid", "adaptive_exit.host"
 SHARE_KEY = re.compile(r"^(?P<group>.+)/exit_(?P<exit>\d+)$")
 
 
@@ -44,10 +45,13 @@ def _log_metrics(client: Any, run_id: str, values: list[tuple[str, float, int]])
 
     from mlflow.entities import Metric
 
+    import mlflow
+
     now = int(time.time() * 1000)
     metrics = [Metric(key, float(value), now, step) for key, value, step in values if value is not None]
-    for start in range(0, len(metrics), 1000):
-        client.log_batch(run_id, metrics=metrics[start:start + 1000])
+    with writing(f"the metrics of MLflow run {run_id}", local_path(mlflow.get_tracking_uri())):
+        for start in range(0, len(metrics), 1000):
+            client.log_batch(run_id, metrics=metrics[start:start + 1000])
 
 
 def _git_commit() -> str | None:
@@ -84,34 +88,6 @@ def _param(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         value = ",".join(str(v) for v in value)
     return value[:6000] if isinstance(value, str) else value
-
-
-def process_alive(pid: int) -> bool:
-    """Whether a process with this id exists on this machine."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def fail_dead_runs(client: Any) -> list[str]:
-    """Mark FAILED every RUNNING run started on this host by a process that no longer exists (killed with
-    SIGKILL, or its machine rebooted); returns their ids. Runs of other hosts are left alone."""
-    host = socket.gethostname()
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    if not experiments:
-        return []
-    found = client.search_runs(experiments, f"attributes.status = 'RUNNING' and tags.`{HOST}` = '{host}'",
-                               max_results=1000)
-    dead = [r for r in found if r.data.tags.get(PID, "").isdigit() and not process_alive(int(r.data.tags[PID]))]
-    for stale in dead:
-        client.set_tag(stale.info.run_id, "adaptive_exit.failure",
-                       f"process {stale.data.tags[PID]} on {host} ended without closing the run")
-        client.set_terminated(stale.info.run_id, status="FAILED")
-    return [r.info.run_id for r in dead]
 
 
 def check_server_answers(tracking_uri: str, timeout: float = 5.0) -> None:
@@ -158,7 +134,7 @@ def on_run_start(run: Any) -> None:
     parent = run.parent.state.get(RUN_ID) if run.parent is not None and run.parent.tracking else None
     check_server_answers(mlflow.get_tracking_uri())
     with store_lock(mlflow.get_tracking_uri()):
-        fail_dead_runs(MlflowClient())
+        fail_dead_runs(MlflowClient(), mlflow.get_tracking_uri())
         mlflow.set_experiment(run.experiment)
     owner = {PID: str(os.getpid()), HOST: socket.gethostname()}  # with the run from its first moment
     if run.resumed and RUN_ID in run.state:
@@ -271,7 +247,8 @@ def plot_curve(results: Any, path: Path) -> Path:
 def _log_written(client: Any, run_id: str, write: Callable[[Path], list[Path]],
                  artifact_path: str | None = None) -> None:
     """Log as artifacts the files that ``write`` puts into a temporary directory."""
-    with tempfile.TemporaryDirectory() as tmp:
+    artifacts = client.get_run(run_id).info.artifact_uri
+    with tempfile.TemporaryDirectory() as tmp, writing(f"the artifacts of MLflow run {run_id}", local_path(artifacts)):
         for path in write(Path(tmp)):
             client.log_artifact(run_id, str(path), artifact_path=artifact_path)
 
@@ -320,24 +297,27 @@ def on_run_end(run: Any, status: str, output_dir: str | None, error: str | None)
         return
     import mlflow
 
+    from .lifecycle import error_line
+
     client, run_id = found
     try:
-        if error:
-            client.set_tag(run_id, "adaptive_exit.error", error[:5000])
         shares = logged_shares(client, run_id)
         _log_written(client, run_id, lambda directory: [_write_config(run.config, directory / "config.yaml")] + [
             plot_shares(name, by_step, directory / f"{name}.png") for name, by_step in shares.items()])
         if output_dir:
-            client.set_tag(run_id, "adaptive_exit.output_dir", str(Path(output_dir).resolve()))
+            with writing(f"the tags of MLflow run {run_id}", local_path(mlflow.get_tracking_uri())):
+                client.set_tag(run_id, "adaptive_exit.output_dir", str(Path(output_dir).resolve()))
         if status == "FINISHED" and run.command == "train" and output_dir and run.config["tracking"]["log_model"]:
             from .mlflow_model import log_model
 
-            log_model(output_dir)
+            artifacts = client.get_run(run_id).info.artifact_uri
+            with writing(f"the MLflow model of run {run_id} into {artifacts}", local_path(artifacts),
+                         cleanup=lambda: fail_pending_models(client, client.get_run(run_id)),
+                         then=f"use the model in {output_dir}, which is complete"):
+                log_model(output_dir)
     except BaseException as exc:  # the run did not get all it promised: it did not finish
         status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+        error = error or (None if status == "KILLED" else error_line(exc))
         raise
     finally:
-        if mlflow.active_run() is not None and mlflow.active_run().info.run_id == run_id:
-            mlflow.end_run(status=status)
-        else:
-            client.set_terminated(run_id, status=status)
+        end_run(client, run_id, status, error, mlflow.get_tracking_uri())

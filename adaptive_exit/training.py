@@ -28,9 +28,10 @@ from .lifecycle import RunInfo, lifecycle, raise_if_terminated
 from .model import MultiExitModel, signal_for, write_json_atomically
 from .plugins import blamed, call_lifecycle, create, lookup
 from .precision import Precision
-from .preflight import check_disk_room, check_max_length, claimed_output_dir
+from .preflight import check_disk_room, check_max_length, check_training_data, claimed_output_dir
 from .signals import require_task
 from .weighting import checked_loss
+from .writes import writing
 
 EVAL_BATCH_SIZE = 64
 EVALUATION = "evaluation.json"  # the final evaluation, saved with the model
@@ -134,10 +135,23 @@ def store_calibration(model: MultiExitModel, result: EvaluationResult, config: R
 def save_model(model: MultiExitModel, signal: torch.nn.Module, result: EvaluationResult, output_dir: str) -> None:
     """Save the final evaluation (``evaluation.json``) and the model into ``output_dir`` (the model's config file,
     which every command reads first, last and atomically: an interrupted save leaves no loadable half model),
-    then delete the training's checkpoints."""
-    Path(output_dir).mkdir(parents=True, exist_ok=True)
-    write_json_atomically(Path(output_dir) / EVALUATION, result.to_dict())
-    model.save_pretrained(output_dir, signal=signal)
+    then delete the training's checkpoints. A full disk is a DiskFullError, with what was written removed and the
+    checkpoints kept for ``--resume``."""
+    from .model import BACKBONE_DIR, SIGNAL_WEIGHTS, WEIGHTS
+
+    directory = Path(output_dir)
+
+    def remove_partial() -> None:
+        shutil.rmtree(directory / BACKBONE_DIR, ignore_errors=True)
+        for name in (EVALUATION, WEIGHTS, SIGNAL_WEIGHTS):
+            (directory / name).unlink(missing_ok=True)
+
+    then = ("run the same command with --resume" if checkpoints.has_checkpoints(directory) else
+            "train again (with --checkpoint-every 0 there is no checkpoint to resume from)")
+    directory.mkdir(parents=True, exist_ok=True)
+    with writing(f"the model into '{output_dir}'", directory, remove_partial, then=then):
+        write_json_atomically(directory / EVALUATION, result.to_dict())
+        model.save_pretrained(output_dir, signal=signal)
     shutil.rmtree(checkpoints.checkpoint_dir(output_dir), ignore_errors=True)
 
 
@@ -297,6 +311,7 @@ def fit(config: RunConfig, run: RunInfo, dist: Distributed, precision: Precision
     (rank 0; None on the other ranks)."""
     task = load_task_once(config, dist)
     require_task(config.signal.name, task.task)  # before the backbone loads
+    check_training_data(task, config.data, warn=dist.main)
     if dist.main and saved is None:
         call_lifecycle("on_data_loaded", run=run, task=task, splits=("train", config.data.eval_split))
     encoder = load_encoder(config.model.backbone_type, config.model.backbone, config.model.num_layers)
@@ -345,7 +360,21 @@ def fit(config: RunConfig, run: RunInfo, dist: Distributed, precision: Precision
         schedule.written()
         dist.barrier()
 
+    def evaluate(epoch: int) -> EvaluationResult | None:
+        """The per-epoch sweep after ``epoch`` (1-based) epochs, on rank 0 (None on the others)."""
+        found = None
+        if dist.main:
+            signal.eval()
+            outs, labels = split_outputs(model, tokenized[eval_split], EVAL_BATCH_SIZE, dist.device, precision)
+            found = sweep(outs, labels, signal, task.metric)
+            found.epoch = epoch
+            call_lifecycle("on_evaluate_end", run=run, results=found)
+        dist.barrier()
+        return found
+
     result = None
+    if saved is not None and start.batch == 0 and start.epoch > 0:  # stopped at an epoch's end, maybe while evaluating
+        result = evaluate(start.epoch)
     step = start.step
     for epoch in range(start.epoch, epochs):
         skip = start.batch if epoch == start.epoch else 0
@@ -370,15 +399,9 @@ def fit(config: RunConfig, run: RunInfo, dist: Distributed, precision: Precision
                 checkpoint(checkpoints.Position(epoch, batch_index, step))
         with blamed("weightings", type(weighting), "end_epoch"):
             weighting.end_epoch(epoch)
-        if dist.main:
-            signal.eval()
-            outs, labels = split_outputs(model, tokenized[eval_split], EVAL_BATCH_SIZE, dist.device, precision)
-            result = sweep(outs, labels, signal, task.metric)
-            result.epoch = epoch + 1
-            call_lifecycle("on_evaluate_end", run=run, results=result)
-        dist.barrier()
-        if epoch + 1 < epochs and schedule.due(step, end_of_epoch=True):
+        if schedule.due(step, end_of_epoch=True):  # before the evaluation: a stop during it loses no training
             checkpoint(checkpoints.Position(epoch + 1, 0, step))
+        result = evaluate(epoch + 1)
     if dist.main:
         result.epoch = None
     return model, signal, result

@@ -4,10 +4,8 @@ it passes ``check_backbone`` and trains; each way a backbone plugin can break is
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
-import torch
 
 from adaptive_exit import MultiExitModel
 from adaptive_exit.errors import PluginError

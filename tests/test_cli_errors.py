@@ -17,7 +17,7 @@ def assert_usage_error(done, *fragments):
 @pytest.fixture
 def csv_file(tmp_path):
     path = tmp_path / "reviews.csv"
-    path.write_text("text,sentiment\ngreat film,pos\nawful film,neg\nfine,pos\n")
+    path.write_text("text,sentiment\n" + "great film,pos\nawful film,neg\nfine,pos\ndull,neg\n" * 2)
     return path
 
 
@@ -120,3 +120,32 @@ def test_rows_without_a_label_left_out_on_request(tmp_path, capsys):
     assert task.splits["train"]["label"] == [1, 1, 0]  # a whole-number float is a class
     assert task.label_names == ["0", "1"]
     assert "left out 1 row(s) without a label" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_evaluate_thresholds_must_be_finite(cli, trained_model, value):
+    assert_usage_error(cli("evaluate", str(trained_model), "--thresholds", "0.5", value, "--no-track"),
+                       "invalid value for --thresholds: each should be a finite number", value)
+
+
+def test_a_training_file_with_one_class_is_refused_before_the_work(cli, tmp_path):
+    path = tmp_path / "one-class.csv"
+    path.write_text("text,sentiment\n" + "".join(f"review number {i},pos\n" for i in range(40)))
+    done = cli("train", "--dataset", "csv", "--train-file", str(path), "--label-column", "sentiment", "--no-track",
+               "--num-layers", "1")
+    assert_usage_error(done, f"the training split of training file '{path}' holds only the class 'pos'",
+                       "at least two classes")
+    assert "epoch 1/" not in done.stderr
+
+
+def test_a_tiny_validation_split_is_a_warning(cli, tmp_path):
+    train, validation = tmp_path / "train.csv", tmp_path / "validation.csv"
+    rows = [f"a {'fine' if i % 2 else 'dull'} film number {i},{'pos' if i % 2 else 'neg'}\n" for i in range(48)]
+    train.write_text("text,sentiment\n" + "".join(rows[:40]))
+    validation.write_text("text,sentiment\n" + "".join(rows[40:]))
+    done = cli("train", "--dataset", "csv", "--train-file", str(train), "--validation-file", str(validation),
+               "--test-file", str(validation), "--label-column", "sentiment", "--no-track", "--num-layers", "1",
+               "--max-length", "16", "--output-dir", "out")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (f"adaptive-exit: warning: the validation split of validation file '{validation}' has 8 sample(s): one "
+            f"sample moves the accuracy by 12 points") in done.stderr

@@ -14,6 +14,7 @@ from adaptive_exit import checkpoints
 from adaptive_exit.errors import UsageError
 from conftest import TINY
 
+from contract_helpers import site  # noqa: F401 (fixture)
 from test_cli_errors import assert_usage_error
 
 RUN = [*TINY, "--epochs", "2", "--weighting", "cosee", "--max-train-samples", "256", "--max-eval-samples", "32",
@@ -226,3 +227,58 @@ def test_resume_refuses_what_it_cannot_continue(cli, tmp_path):
     (tmp_path / "done").mkdir()
     (tmp_path / "done" / "adaptive_exit.json").write_text("{}")
     assert_usage_error(cli("train", *RUN, "--output-dir", "done", "--resume"), "holds a finished model")
+
+
+STOPPER = '''
+import os
+import signal
+
+from adaptive_exit import hookimpl
+from adaptive_exit.signals import Entropy
+
+
+class StopAtFirstSweep(Entropy):
+    """Entropy, but the first time it scores the whole evaluation split (32 samples) it sends SIGTERM to its process,
+    unless the file in $STOP_FLAG exists (which it then creates)."""
+
+    name = "stop-at-first-sweep"
+
+    def score(self, outputs):
+        flag = os.environ["STOP_FLAG"]
+        if outputs.logits.shape[1] == 32 and not os.path.exists(flag):
+            open(flag, "w").close()
+            os.kill(os.getpid(), signal.SIGTERM)
+        return super().score(outputs)
+
+
+@hookimpl
+def register_signals(register):
+    register(StopAtFirstSweep)
+'''
+
+
+def test_a_stop_during_the_evaluation_resumes_at_the_end_of_that_epoch(env, tmp_path, site):
+    """SIGTERM while epoch 1 is being evaluated: the checkpoint written before the evaluation holds the whole epoch,
+    --resume evaluates it again and trains epoch 2, and the model equals the uninterrupted run's bit for bit."""
+    from safetensors.torch import load_file
+
+    site.add("adaptive-exit-stopper", "stopper", STOPPER)
+    args = [*TINY, "--epochs", "2", "--max-train-samples", "64", "--max-eval-samples", "32", "--precision", "fp32",
+            "--signal", "stop-at-first-sweep", "--checkpoint-every", "1000", "--no-track"]
+
+    def run(*extra, flag):
+        return subprocess.run([sys.executable, "-m", "adaptive_exit", "train", *args, *extra], cwd=tmp_path,
+                              env={**env, **site.pythonpath, "STOP_FLAG": str(tmp_path / flag)}, capture_output=True,
+                              text=True, timeout=600)
+
+    (tmp_path / "never").touch()
+    whole = run("--output-dir", "whole", flag="never")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    stopped = run("--output-dir", "cut", flag="stop")
+    assert stopped.returncode == 143 and "adaptive-exit: terminated" in stopped.stderr, stopped.stderr[-3000:]
+    assert [p.name for p in (tmp_path / "cut" / "checkpoints").iterdir()] == ["step-00000004.pt"]  # epoch 1's end
+    resumed = run("--output-dir", "cut", "--resume", flag="stop")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stderr and "(epoch 2, step 4)" in resumed.stderr
+    expected, got = (load_file(str(tmp_path / name / "model.safetensors")) for name in ("whole", "cut"))
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
