@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+import sys
 import time
 from typing import Any, Callable
 
@@ -12,7 +13,7 @@ from .data import load_task, make_loader, tokenize
 from .errors import UsageError
 from .inference import early_exit_forward, final_forward, model_signal, chosen_threshold, text_columns
 from .model import MultiExitModel, pool, pooling_weights
-from .precision import Precision, default_device
+from .precision import Precision, cpu_description, cpu_line, default_device, emulated_bf16_note
 
 
 def _own_forward(model: MultiExitModel, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
@@ -68,8 +69,12 @@ def benchmark_model_dir(model_dir: str, threshold: float | None = None, batch_si
     ``signal_options`` go over the options the model keeps for its signal."""
     if repeats < 1 or any(b < 1 for b in batch_sizes):
         raise UsageError("--repeats and every batch size must be at least 1")
+    from tqdm.auto import tqdm
+
     runs_in = Precision(precision, default_device())
     device = runs_in.device
+    if runs_in.name == "bf16" and emulated_bf16_note(device):
+        print(emulated_bf16_note(device), file=sys.stderr)
     model = MultiExitModel.from_pretrained(model_dir).to(device)
     signal_obj = model_signal(model, signal, signal_options).to(device)
     threshold = chosen_threshold(model, signal_obj, threshold)
@@ -81,8 +86,8 @@ def benchmark_model_dir(model_dir: str, threshold: float | None = None, batch_si
     tokenized = tokenize(task, model.tokenizer, data_values["max_length"], (split,))[split]
     columns = text_columns([{f: row[f] for f in task.text_fields} for row in texts], list(task.text_fields))
     report: dict[str, Any] = {"threshold": threshold, "signal": signal_obj.name, "samples": len(tokenized),
-                              "device": device.type, "precision": runs_in.name, "torch_threads": torch.get_num_threads(),
-                              "batch_sizes": {}}
+                              "device": device.type, "cpu": cpu_description(), "precision": runs_in.name,
+                              "torch_threads": torch.get_num_threads(), "batch_sizes": {}}
     for batch_size in batch_sizes:
         batches = [{k: v.to(device) for k, v in b.items()} for b in make_loader(tokenized, model.tokenizer, batch_size)]
         with runs_in.autocast():
@@ -112,12 +117,17 @@ def benchmark_model_dir(model_dir: str, threshold: float | None = None, batch_si
         runs["hf_e2e"] = end_to_end(lambda b: (_own_forward if has_own_forward else _engine_forward)(model, b))
         runs["early_e2e"] = end_to_end(lambda b: early_exit_forward(
             model, b["input_ids"], b["attention_mask"], b.get("token_type_ids"), signal_obj, threshold))
+        bar = tqdm(total=(repeats + 1) * len(runs), desc=f"timing batch size {batch_size}", unit="run",
+                   file=sys.stderr)
         for run in runs.values():  # warm-up
             _timed(run, runs_in)
+            bar.update()
         times: dict[str, list[float]] = {name: [] for name in runs}
         for _ in range(repeats):
             for name, run in runs.items():
                 times[name].append(_timed(run, runs_in))
+                bar.update()  # between timed runs: costs nothing timed
+        bar.close()
         median = {name: statistics.median(values) for name, values in times.items()}
         full = min(median.get("hf", median["engine"]), median["engine"])
         measured = full / median["early"]
@@ -127,6 +137,8 @@ def benchmark_model_dir(model_dir: str, threshold: float | None = None, batch_si
             "measured_speedup": measured,
             "efficiency": measured / layer_speedup,
             "end_to_end_speedup": median["hf_e2e"] / median["early_e2e"],
+            "overhead_per_visited_layer_ms": _overhead_per_layer(median["early"], median["engine"], lengths, exit_index,
+                                                                 model.num_exits),
             "seconds": {"full_hf": median.get("hf"), "full_engine": median["engine"], "early_exit": median["early"],
                         "full_hf_with_tokenization": median["hf_e2e"],
                         "early_exit_with_tokenization": median["early_e2e"]},
@@ -134,15 +146,28 @@ def benchmark_model_dir(model_dir: str, threshold: float | None = None, batch_si
     return report
 
 
+def _overhead_per_layer(early: float, full: float, lengths: torch.Tensor, exit_index: torch.Tensor,
+                        num_exits: int) -> float:
+    """Milliseconds early exit spends per layer a sample visits beyond the work of those layers: its time minus the
+    full model's time (the engine's) scaled by the share of layer-tokens early exit runs, over the layer visits."""
+    lengths = lengths.double()
+    share = float((lengths * (exit_index + 1)).sum() / (lengths * num_exits).sum())
+    return 1000 * (early - full * share) / float((exit_index + 1).sum())
+
+
 def format_report(report: dict[str, Any]) -> str:
     """The benchmark as a small table."""
     lines = [f"signal {report['signal']} at threshold {report['threshold']:.6g}, {report['samples']} samples, "
              f"{report['device']} ({report['precision']}) with {report['torch_threads']} threads",
+             cpu_line(report["cpu"]),
              f"{'batch':>5} {'layer x':>8} {'FLOPs x':>8} {'measured x':>10} {'efficiency':>10} {'with tokenization x':>20}"]
     for size, row in report["batch_sizes"].items():
         flops = "n/a" if row["flops_ratio"] is None else f"{row['flops_ratio']:.2f}"
         lines.append(f"{size:>5} {row['layer_speedup']:>8.2f} {flops:>8} {row['measured_speedup']:>10.2f} "
                      f"{row['efficiency']:>10.2f} {row['end_to_end_speedup']:>20.2f}")
+    overhead = ", ".join(f"{row['overhead_per_visited_layer_ms']:.2f} ms at batch {size}"
+                         for size, row in report["batch_sizes"].items())
+    lines.append(f"early exit's overhead per layer a sample visits: {overhead}")
     lines.append("measured x = full-model time (faster of transformers' forward and the engine's) / early-exit time, "
                  "same tokenized inputs, median of repeats after warm-up")
     return "\n".join(lines)

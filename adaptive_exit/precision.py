@@ -19,14 +19,55 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def cpu_has_native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
-    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX); False where that cannot be read."""
+CPUINFO = "/proc/cpuinfo"
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+# The CPU flags that decide how fast the layers run, named in benchmark reports.
+SPEED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
+
+
+def _cpuinfo_field(cpuinfo: str | Path, field: str) -> str | None:
+    """The first value of ``field`` in a /proc/cpuinfo-style file, or None where it cannot be read."""
     try:
         text = Path(cpuinfo).read_text()
     except OSError:
-        return False
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+        return None
+    return next((line.split(":", 1)[1].strip() for line in text.splitlines()
+                 if line.split(":", 1)[0].strip() == field and ":" in line), None)
+
+
+def cpu_has_native_bf16(cpuinfo: str | Path = CPUINFO) -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX); False where that cannot be read."""
+    flags = (_cpuinfo_field(cpuinfo, "flags") or "").split()
+    return any(flag in flags for flag in NATIVE_BF16_FLAGS)
+
+
+def cpu_description(cpuinfo: str | Path = CPUINFO) -> dict[str, object]:
+    """The CPU's model name, its flags among ``SPEED_FLAGS`` and whether it has native bf16, for reports."""
+    flags = (_cpuinfo_field(cpuinfo, "flags") or "").split()
+    return {"model": _cpuinfo_field(cpuinfo, "model name") or "unknown",
+            "flags": [flag for flag in SPEED_FLAGS if flag in flags], "native_bf16": cpu_has_native_bf16(cpuinfo)}
+
+
+def cpu_line(cpu: dict[str, object]) -> str:
+    """``cpu_description`` as one line of a report."""
+    flags = ", ".join(cpu["flags"]) or f"none of {', '.join(SPEED_FLAGS)}"
+    return f"CPU: {cpu['model']} ({flags}; bf16 {'native' if cpu['native_bf16'] else 'emulated'})"
+
+
+def native_bf16(device: torch.device | str, cpuinfo: str | Path = CPUINFO) -> bool:
+    """Whether ``device`` computes bf16 natively (a CUDA GPU with bf16, a CPU with AVX-512 BF16 or AMX)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return device.type == "cpu" and cpu_has_native_bf16(cpuinfo)
+
+
+def emulated_bf16_note(device: torch.device | str, cpuinfo: str | Path = CPUINFO) -> str | None:
+    """A one-line note where bf16 on ``device`` is slow emulation (None where it is native)."""
+    if native_bf16(device, cpuinfo):
+        return None
+    return ("adaptive-exit: note: this CPU has no native bf16 (no AVX-512 BF16 or AMX): bf16 runs emulated here, "
+            "far slower than fp32; its timings say nothing of a CPU that has it")
 
 
 def resolve_precision(name: str, device: torch.device | str) -> str:
@@ -36,9 +77,7 @@ def resolve_precision(name: str, device: torch.device | str) -> str:
         raise UsageError(f"unknown precision '{name}'; choose one of {', '.join(PRECISIONS)}")
     cuda = device.type == "cuda"
     if name == "auto":
-        native = (torch.cuda.is_bf16_supported(including_emulation=False) if cuda
-                  else device.type == "cpu" and cpu_has_native_bf16())
-        return "bf16" if native else "fp32"
+        return "bf16" if native_bf16(device) else "fp32"
     if name == "fp16" and not cuda:
         raise UsageError("--precision fp16 needs a CUDA GPU; on a CPU use bf16 (or auto)")
     if name == "bf16" and cuda and not torch.cuda.is_bf16_supported(including_emulation=False):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from adaptive_exit import ExitOutputs, MultiExitModel, Signal, simulate_exits
+from adaptive_exit import MultiExitModel, Signal, simulate_exits
 from adaptive_exit.backbones import HuggingFace
 from adaptive_exit.inference import early_exit_forward
 from adaptive_exit.precision import Precision
@@ -166,8 +166,6 @@ def test_unreachable_target_names_the_range(cli, model_copy):
 
 def test_predict_cli_reads_lines_and_jsonl(cli, model_copy, tmp_path):
     import json
-    import subprocess
-    import sys
 
     lines = tmp_path / "texts.txt"
     lines.write_text("a fine film\n\ndull and far too long\n")
@@ -207,6 +205,9 @@ def test_benchmark_reports_every_figure(cli, model_copy):
     report = json.loads(done.stdout)
     for size in ("1", "4"):
         row = report["batch_sizes"][size]
-        assert {"layer_speedup", "flops_ratio", "measured_speedup", "efficiency"} <= set(row)
+        assert {"layer_speedup", "flops_ratio", "measured_speedup", "efficiency",
+                "overhead_per_visited_layer_ms"} <= set(row)
         assert 1.0 <= row["layer_speedup"] <= 2.0 and row["flops_ratio"] > 0.5
         assert row["efficiency"] == pytest.approx(row["measured_speedup"] / row["layer_speedup"])
+    assert set(report["cpu"]) == {"model", "flags", "native_bf16"}
+    assert "timing batch size 4" in done.stderr  # the progress bar

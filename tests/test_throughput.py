@@ -13,13 +13,14 @@ from adaptive_exit.config import RunConfig
 from adaptive_exit.data import TrainBatches, make_loader
 from adaptive_exit.errors import UsageError
 from adaptive_exit.evaluation import collect_outputs, split_outputs
-from adaptive_exit.precision import Precision, cpu_has_native_bf16, default_device, resolve_precision
-
-CPU_ONLY = {"CUDA_VISIBLE_DEVICES": ""}
+from adaptive_exit.precision import (Precision, cpu_description, cpu_has_native_bf16, cpu_line, default_device,
+                                     resolve_precision)
 from adaptive_exit.signals import Energy, Entropy, MaxProb
-from adaptive_exit.throughput import representative_batches
+from adaptive_exit.throughput import chosen_configs, representative_batches
 from adaptive_exit.training import Trainable, make_optimizer, train_step
 from adaptive_exit_cosee import Cosee
+
+CPU_ONLY = {"CUDA_VISIBLE_DEVICES": ""}
 
 LENGTHS = [5 + (7 * i) % 60 for i in range(1000)]
 
@@ -187,12 +188,42 @@ def test_fp32_random_training_and_the_training_benchmark_run(cli):
                "--output-dir", "model", extra_env=CPU_ONLY)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "training on cpu in fp32, batches random" in done.stderr
-    done = cli("benchmark-train", "--num-layers", "1", "--max-length", "16", "--max-steps", "2", "--repeats", "2",
-               "--warmup", "1", "--batch-size", "8", "--json")
-    assert done.returncode == 0, done.stderr[-2000:]
-    report = json.loads(done.stdout)
-    assert set(report["configs"]) == {"fp32-random", "fp32-grouped", "bf16-random", "bf16-grouped"}
-    for row in report["configs"].values():
-        assert row["samples_per_second"] > 0 and row["real_tokens_per_second"] <= row["padded_tokens_per_second"]
-    assert report["speedup"] == pytest.approx(report["configs"]["bf16-grouped"]["samples_per_second"]
-                                              / report["configs"]["fp32-random"]["samples_per_second"])
+    small = ["--num-layers", "1", "--max-length", "16", "--max-steps", "2", "--repeats", "2", "--warmup", "1",
+             "--batch-size", "8", "--json"]
+    native = cpu_has_native_bf16() or default_device().type == "cuda"
+    for precision in ("auto", "bf16"):  # auto skips bf16 where it is emulated; bf16 times it anyway
+        done = cli("benchmark-train", *small, "--precision", precision)
+        assert done.returncode == 0, done.stderr[-2000:]
+        report = json.loads(done.stdout)
+        both = native or precision == "bf16"
+        assert set(report["configs"]) == ({"fp32-random", "fp32-grouped", "bf16-random", "bf16-grouped"} if both
+                                          else {"fp32-random", "fp32-grouped"})
+        assert report["skipped"] == ([] if both else ["bf16-random", "bf16-grouped"])
+        assert ("no native bf16" in done.stderr) == (not native) and "timing training steps" in done.stderr
+        for row in report["configs"].values():
+            assert row["samples_per_second"] > 0 and row["real_tokens_per_second"] <= row["padded_tokens_per_second"]
+        best = "bf16-grouped" if both else "fp32-grouped"
+        assert report["speedup_config"] == best
+        assert report["speedup"] == pytest.approx(report["configs"][best]["samples_per_second"]
+                                                  / report["configs"]["fp32-random"]["samples_per_second"])
+        assert report["cpu"]["native_bf16"] == cpu_has_native_bf16()
+
+
+def test_the_training_benchmark_skips_bf16_on_a_cpu_without_it(tmp_path):
+    native, plain = tmp_path / "native", tmp_path / "plain"
+    native.write_text("processor\t: 0\nmodel name\t: Some Xeon\nflags\t\t: fpu avx2 avx512f amx_tile amx_bf16\n")
+    plain.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse avx2\n")
+    fp32, bf16 = ["fp32-random", "fp32-grouped"], ["fp32-random", "fp32-grouped", "bf16-random", "bf16-grouped"]
+    names, note = chosen_configs("auto", "cpu", plain)
+    assert names == fp32 and "no native bf16" in note and "skipped" in note and "--precision bf16" in note
+    names, note = chosen_configs("bf16", "cpu", plain)
+    assert names == bf16 and "emulated" in note
+    assert chosen_configs("auto", "cpu", native) == (bf16, None)
+    assert chosen_configs("bf16", "cpu", native) == (bf16, None)
+    assert chosen_configs("fp32", "cpu", native) == (fp32, None)
+    assert cpu_description(native) == {"model": "Some Xeon", "flags": ["avx2", "avx512f", "amx_tile", "amx_bf16"],
+                                       "native_bf16": True}
+    assert cpu_description(plain) == {"model": "AMD EPYC", "flags": ["avx2"], "native_bf16": False}
+    assert cpu_line(cpu_description(plain)) == "CPU: AMD EPYC (avx2; bf16 emulated)"
+    with pytest.raises(UsageError, match="unknown precision 'fp16'"):
+        chosen_configs("fp16", "cpu", plain)
