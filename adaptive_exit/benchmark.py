@@ -73,8 +73,9 @@ def benchmark_model_dir(model_dir: str, threshold: float | None = None, batch_si
 
     runs_in = Precision(precision, default_device())
     device = runs_in.device
-    if runs_in.name == "bf16" and emulated_bf16_note(device):
-        print(emulated_bf16_note(device), file=sys.stderr)
+    note = emulated_bf16_note(device) if runs_in.name == "bf16" else None
+    if note:
+        print(note, file=sys.stderr)
     model = MultiExitModel.from_pretrained(model_dir).to(device)
     signal_obj = model_signal(model, signal, signal_options).to(device)
     threshold = chosen_threshold(model, signal_obj, threshold)

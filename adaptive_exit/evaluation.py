@@ -214,8 +214,8 @@ def evaluate_model_dir(model_dir: str, signal: str | None = None, signal_options
         raise UsageError(describe_validation_error(exc, prefix="data")) from None
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1 (got {batch_size})")
-    if thresholds is not None and not all(np.isfinite(thresholds)):
-        bad = next(t for t in thresholds if not np.isfinite(t))
+    bad = next((t for t in thresholds or () if not np.isfinite(t)), None)
+    if bad is not None:
         raise UsageError(f"invalid value for --thresholds: each should be a finite number (got {bad})")
     if delta is not None and not 0 < delta < 1:
         raise UsageError(f"--delta must be a probability between 0 and 1 (got {delta:g})")

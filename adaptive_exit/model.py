@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -184,6 +185,14 @@ def update_model_config(directory: str | Path, key: str, value: Any) -> None:
     config = read_json(path)
     config[key] = value
     write_json_atomically(path, config)
+
+
+def remove_saved_model(directory: str | Path) -> None:
+    """Remove what ``save_pretrained`` writes into ``directory`` (after a save that failed half-way)."""
+    directory = Path(directory)
+    shutil.rmtree(directory / BACKBONE_DIR, ignore_errors=True)
+    for name in (WEIGHTS, SIGNAL_WEIGHTS, MODEL_CONFIG):
+        (directory / name).unlink(missing_ok=True)
 
 
 def write_json_atomically(path: Path, data: dict[str, Any]) -> None:

@@ -25,27 +25,31 @@ NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 SPEED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
 
 
-def _cpuinfo_field(cpuinfo: str | Path, field: str) -> str | None:
-    """The first value of ``field`` in a /proc/cpuinfo-style file, or None where it cannot be read."""
+def _cpuinfo(cpuinfo: str | Path) -> dict[str, str]:
+    """The fields of the first processor in a /proc/cpuinfo-style file (empty where it cannot be read)."""
     try:
         text = Path(cpuinfo).read_text()
     except OSError:
-        return None
-    return next((line.split(":", 1)[1].strip() for line in text.splitlines()
-                 if line.split(":", 1)[0].strip() == field and ":" in line), None)
-
-
-def cpu_has_native_bf16(cpuinfo: str | Path = CPUINFO) -> bool:
-    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX); False where that cannot be read."""
-    flags = (_cpuinfo_field(cpuinfo, "flags") or "").split()
-    return any(flag in flags for flag in NATIVE_BF16_FLAGS)
+        return {}
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        name, colon, value = line.partition(":")
+        if colon:
+            fields.setdefault(name.strip(), value.strip())
+    return fields
 
 
 def cpu_description(cpuinfo: str | Path = CPUINFO) -> dict[str, object]:
     """The CPU's model name, its flags among ``SPEED_FLAGS`` and whether it has native bf16, for reports."""
-    flags = (_cpuinfo_field(cpuinfo, "flags") or "").split()
-    return {"model": _cpuinfo_field(cpuinfo, "model name") or "unknown",
-            "flags": [flag for flag in SPEED_FLAGS if flag in flags], "native_bf16": cpu_has_native_bf16(cpuinfo)}
+    fields = _cpuinfo(cpuinfo)
+    flags = fields.get("flags", "").split()
+    return {"model": fields.get("model name", "unknown"), "flags": [flag for flag in SPEED_FLAGS if flag in flags],
+            "native_bf16": any(flag in flags for flag in NATIVE_BF16_FLAGS)}
+
+
+def cpu_has_native_bf16(cpuinfo: str | Path = CPUINFO) -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX); False where that cannot be read."""
+    return bool(cpu_description(cpuinfo)["native_bf16"])
 
 
 def cpu_line(cpu: dict[str, object]) -> str:
@@ -62,12 +66,16 @@ def native_bf16(device: torch.device | str, cpuinfo: str | Path = CPUINFO) -> bo
     return device.type == "cpu" and cpu_has_native_bf16(cpuinfo)
 
 
-def emulated_bf16_note(device: torch.device | str, cpuinfo: str | Path = CPUINFO) -> str | None:
-    """A one-line note where bf16 on ``device`` is slow emulation (None where it is native)."""
+def emulated_bf16_note(device: torch.device | str, cpuinfo: str | Path = CPUINFO,
+                       then: str = "bf16 runs emulated here, far slower than fp32; its timings say nothing of a CPU "
+                                   "that has it") -> str | None:
+    """A one-line note, ending with ``then``, where ``device`` has no native bf16 (None where it has)."""
     if native_bf16(device, cpuinfo):
         return None
-    return ("adaptive-exit: note: this CPU has no native bf16 (no AVX-512 BF16 or AMX): bf16 runs emulated here, "
-            "far slower than fp32; its timings say nothing of a CPU that has it")
+    device = torch.device(device)
+    missing = "bf16 support" if device.type == "cuda" else "AVX-512 BF16 or AMX"
+    return (f"adaptive-exit: note: this {'GPU' if device.type == 'cuda' else 'CPU'} has no native bf16 "
+            f"(no {missing}): {then}")
 
 
 def resolve_precision(name: str, device: torch.device | str) -> str:

@@ -27,13 +27,13 @@ def chosen_configs(precision: str, device: torch.device | str,
     if precision not in BENCHMARK_PRECISIONS:
         raise UsageError(f"unknown precision '{precision}'; choose one of {', '.join(BENCHMARK_PRECISIONS)}")
     fp32 = [name for name, (kind, _) in CONFIGS.items() if kind == "fp32"]
-    emulated = emulated_bf16_note(device, cpuinfo)
     if precision == "fp32":
         return fp32, None
-    if precision == "auto" and emulated:
-        return fp32, ("adaptive-exit: note: this CPU has no native bf16 (no AVX-512 BF16 or AMX): the bf16 "
-                      "configurations are skipped; --precision bf16 times them emulated")
-    return list(CONFIGS), emulated
+    if precision == "auto":
+        skipped = emulated_bf16_note(device, cpuinfo, then="the bf16 configurations are skipped; --precision bf16 "
+                                                            "times them emulated")
+        return (fp32, skipped) if skipped else (list(CONFIGS), None)
+    return list(CONFIGS), emulated_bf16_note(device, cpuinfo)
 
 
 def representative_batches(batches: list[list[int]], lengths: list[int], count: int) -> list[list[int]]:

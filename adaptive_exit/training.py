@@ -25,7 +25,7 @@ from .encoder_calls import load_encoder
 from .errors import DivergedError, UsageError
 from .evaluation import EvaluationResult, split_outputs, sweep
 from .lifecycle import RunInfo, lifecycle, raise_if_terminated
-from .model import MultiExitModel, signal_for, write_json_atomically
+from .model import MultiExitModel, remove_saved_model, signal_for, write_json_atomically
 from .plugins import blamed, call_lifecycle, create, lookup
 from .precision import Precision
 from .preflight import check_disk_room, check_max_length, check_training_data, claimed_output_dir
@@ -137,14 +137,11 @@ def save_model(model: MultiExitModel, signal: torch.nn.Module, result: Evaluatio
     which every command reads first, last and atomically: an interrupted save leaves no loadable half model),
     then delete the training's checkpoints. A full disk is a DiskFullError, with what was written removed and the
     checkpoints kept for ``--resume``."""
-    from .model import BACKBONE_DIR, SIGNAL_WEIGHTS, WEIGHTS
-
     directory = Path(output_dir)
 
     def remove_partial() -> None:
-        shutil.rmtree(directory / BACKBONE_DIR, ignore_errors=True)
-        for name in (EVALUATION, WEIGHTS, SIGNAL_WEIGHTS):
-            (directory / name).unlink(missing_ok=True)
+        remove_saved_model(directory)
+        (directory / EVALUATION).unlink(missing_ok=True)
 
     then = ("run the same command with --resume" if checkpoints.has_checkpoints(directory) else
             "train again (with --checkpoint-every 0 there is no checkpoint to resume from)")
