@@ -31,7 +31,7 @@ def _trim_padding(hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tenso
     return hidden, mask
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def early_exit_forward(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                        token_type_ids: torch.Tensor | None, signal: Signal, threshold: float) -> EarlyExitOutput:
     """Run ``model`` (in eval mode) so that deeper layers only see the samples still undecided.
@@ -52,23 +52,23 @@ def early_exit_forward(model: Any, input_ids: torch.Tensor, attention_mask: torc
     history: tuple[torch.Tensor, torch.Tensor] | None = None
     for index in range(num_exits):
         hidden = encoder_calls.run_layer(encoder, index, hidden, context)
-        pooled, logits = model.exit_output(index, hidden, weights)
         rows = slice(None) if active is None else active
-        if index == num_exits - 1:
-            if answers is None:
-                return EarlyExitOutput(logits, exit_index)
-            answers[rows] = logits
-            break
-        if signal.uses_history:
-            if history is None:
-                history = (logits.new_zeros(num_exits, batch, logits.shape[-1]),
-                           pooled.new_zeros(num_exits, batch, pooled.shape[-1]))
-            history[0][index, rows] = logits
-            history[1][index, rows] = pooled
-            view = ExitOutputs(history[0][: index + 1, rows], history[1][: index + 1, rows])
-        else:
-            view = ExitOutputs(logits.unsqueeze(0), pooled.unsqueeze(0))
-        with full_precision(hidden.device):
+        with full_precision(hidden.device):  # one switch per layer for the exit and its score
+            pooled, logits = model.exit_output(index, hidden, weights)
+            if index == num_exits - 1:
+                if answers is None:
+                    return EarlyExitOutput(logits, exit_index)
+                answers[rows] = logits
+                break
+            if signal.uses_history:
+                if history is None:
+                    history = (logits.new_zeros(num_exits, batch, logits.shape[-1]),
+                               pooled.new_zeros(num_exits, batch, pooled.shape[-1]))
+                history[0][index, rows] = logits
+                history[1][index, rows] = pooled
+                view = ExitOutputs(history[0][: index + 1, rows], history[1][: index + 1, rows])
+            else:
+                view = ExitOutputs(logits.unsqueeze(0), pooled.unsqueeze(0))
             leave = exit_condition(checked_score(signal, view)[-1], threshold, signal.exit_when)
         leaving = int(leave.sum())
         if leaving == 0:
@@ -111,7 +111,7 @@ def spread_thresholds(thresholds: Iterable[float], count: int) -> torch.Tensor:
     return ordered[torch.linspace(0, len(ordered) - 1, count).round().long().unique()]
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def exit_mismatches(model: Any, batches: Iterable[dict[str, torch.Tensor]], signal: Signal, thresholds: torch.Tensor,
                     precision: Precision | None = None) -> list[ExitMismatch]:
     """Run each batch through all exits and, per threshold, through real early exit: every sample (numbered
@@ -167,7 +167,7 @@ def check_early_exit(model: Any, dataset: Any, signal: Signal, thresholds: Itera
         raise PluginError(mismatch_report(signal, mismatches) + rounding)
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def final_forward(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                   token_type_ids: torch.Tensor | None) -> torch.Tensor:
     """The full model the engine's way: every layer, then only the final classifier."""

@@ -38,6 +38,10 @@ def pool(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return torch.bmm(weights, hidden).squeeze(1)
 
 
+def _fp32(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor if tensor.dtype == torch.float32 else tensor.float()
+
+
 class ExitHead(torch.nn.Module):
     """Dropout and a linear classifier over a pooled hidden state."""
 
@@ -47,7 +51,7 @@ class ExitHead(torch.nn.Module):
         self.classifier = torch.nn.Linear(hidden_size, num_labels)
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.dropout(pooled))
+        return self.classifier(self.dropout(pooled) if self.training else pooled)
 
 
 class MultiExitModel(torch.nn.Module):
@@ -83,7 +87,7 @@ class MultiExitModel(torch.nn.Module):
         signals are computed from them, and a bf16 rounding would move samples across a threshold.
         """
         with full_precision(hidden.device):
-            pooled = pool(hidden.float(), weights.float())
+            pooled = pool(_fp32(hidden), _fp32(weights))
             return pooled, self.heads[index](pooled)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,

@@ -127,6 +127,11 @@ class Precision:
 
 @contextlib.contextmanager
 def full_precision(device: torch.device | str) -> Iterator[None]:
-    """Turn autocast off inside an autocast region (exit signals are scored in fp32: they meet thresholds)."""
-    with torch.autocast(torch.device(device).type, enabled=False):
+    """Turn autocast off inside an autocast region (exit signals are scored in fp32: they meet thresholds); outside
+    one (fp32, or already inside full_precision) nothing to do, so nothing is done."""
+    device_type = device.type if isinstance(device, torch.device) else torch.device(device).type
+    if not torch.is_autocast_enabled(device_type):
+        yield
+        return
+    with torch.autocast(device_type, enabled=False):
         yield

@@ -157,7 +157,9 @@ def checked_score(signal: Signal, outputs: ExitOutputs) -> torch.Tensor:
 
 def _scaled(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """Logits divided by the temperature, bounded to +-1e30 so that no finite logit leads to inf or NaN."""
-    scaled = logits.float() if temperature == 1.0 else logits.float() / temperature
+    scaled = logits if logits.dtype == torch.float32 else logits.float()
+    if temperature != 1.0:
+        scaled = scaled / temperature
     return scaled.clamp(-1e30, 1e30)
 
 
