@@ -31,16 +31,30 @@ def _engine_forward(model: MultiExitModel, batch: dict[str, torch.Tensor]) -> to
     return final_forward(model, batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
 
 
-def _timed(run: Callable[[], Any], precision: Precision) -> float:
-    """Seconds ``run`` takes in ``precision`` (one autocast region per run, as ``predict`` has)."""
-    if precision.device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    with precision.autocast():
-        run()
-    if precision.device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
+def _timed_passes(runs: dict[str, Callable[[int], Any]], count: int, repeats: int, precision: Precision,
+                  bar: Any) -> dict[str, list[float]]:
+    """Seconds each of ``runs`` takes over batches ``0..count-1``, per pass: a warm-up pass, then ``repeats``
+    timed ones (``bar`` counts the batches). Interleaved batch by batch (each batch through every run in turn), so that a slower spell of the
+    machine falls on all of them alike; one autocast region per pass, as ``predict`` has."""
+    cuda = precision.device.type == "cuda"
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for timed in [False] + [True] * repeats:
+        spent = dict.fromkeys(runs, 0.0)
+        with precision.autocast():
+            for index in range(count):
+                for name, run in runs.items():
+                    if cuda:
+                        torch.cuda.synchronize()
+                    start = time.perf_counter()
+                    run(index)
+                    if cuda:
+                        torch.cuda.synchronize()
+                    spent[name] += time.perf_counter() - start
+                bar.update()  # between batches: costs nothing timed
+        if timed:
+            for name, seconds in spent.items():
+                times[name].append(seconds)
+    return times
 
 
 def _flops_ratio(model: MultiExitModel, lengths: torch.Tensor, exit_index: torch.Tensor) -> float | None:
@@ -60,12 +74,13 @@ def _flops_ratio(model: MultiExitModel, lengths: torch.Tensor, exit_index: torch
     return full / early
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def benchmark_model_dir(model_dir: str, threshold: float | None = None, batch_sizes: tuple[int, ...] = (1, 32),
                         repeats: int = 5, max_samples: int | None = None, split: str = "validation",
                         signal: str | None = None, signal_options: dict[str, Any] | None = None,
                         precision: str = "auto") -> dict[str, Any]:
-    """Time the full model and early exit on the same tokenized inputs, interleaved, median of ``repeats``;
+    """Time the full model and early exit on the same tokenized inputs, interleaved batch by batch, median of
+    ``repeats`` passes;
     ``signal_options`` go over the options the model keeps for its signal."""
     if repeats < 1 or any(b < 1 for b in batch_sizes):
         raise UsageError("--repeats and every batch size must be at least 1")
@@ -98,36 +113,27 @@ def benchmark_model_dir(model_dir: str, threshold: float | None = None, batch_si
         exit_index = torch.cat(exits)
         lengths = torch.cat([b["attention_mask"].sum(1) for b in batches])
         layer_speedup = model.num_exits * exit_index.numel() / float((exit_index + 1).sum())
-        runs = {
-            "engine": lambda: [_engine_forward(model, b) for b in batches],
-            "early": lambda: [early_exit_forward(model, b["input_ids"], b["attention_mask"], b.get("token_type_ids"),
-                                                 signal_obj, threshold) for b in batches],
-        }
-        if has_own_forward:
-            runs["hf"] = lambda: [_own_forward(model, b) for b in batches]
         text_batches = [[c[i:i + batch_size] for c in columns] for i in range(0, len(tokenized), batch_size)]
         max_length = data_values["max_length"]
 
-        def end_to_end(forward: Callable[[dict[str, torch.Tensor]], Any]) -> Callable[[], Any]:
-            def run() -> None:
-                for chunk in text_batches:
-                    forward(dict(model.tokenizer(*chunk, padding=True, truncation=True, max_length=max_length,
-                                                 return_tensors="pt").to(device)))
-            return run
+        def tokenized_batch(index: int) -> dict[str, torch.Tensor]:
+            return dict(model.tokenizer(*text_batches[index], padding=True, truncation=True, max_length=max_length,
+                                        return_tensors="pt").to(device))
 
-        runs["hf_e2e"] = end_to_end(lambda b: (_own_forward if has_own_forward else _engine_forward)(model, b))
-        runs["early_e2e"] = end_to_end(lambda b: early_exit_forward(
-            model, b["input_ids"], b["attention_mask"], b.get("token_type_ids"), signal_obj, threshold))
-        bar = tqdm(total=(repeats + 1) * len(runs), desc=f"timing batch size {batch_size}", unit="run",
+        def early(batch: dict[str, torch.Tensor]) -> Any:
+            return early_exit_forward(model, batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
+                                      signal_obj, threshold)
+
+        plain = _own_forward if has_own_forward else _engine_forward
+        runs: dict[str, Callable[[int], Any]] = {"engine": lambda i: _engine_forward(model, batches[i]),
+                                                 "early": lambda i: early(batches[i])}
+        if has_own_forward:
+            runs["hf"] = lambda i: _own_forward(model, batches[i])
+        runs["hf_e2e"] = lambda i: plain(model, tokenized_batch(i))
+        runs["early_e2e"] = lambda i: early(tokenized_batch(i))
+        bar = tqdm(total=(repeats + 1) * len(batches), desc=f"timing batch size {batch_size}", unit="batch",
                    file=sys.stderr)
-        for run in runs.values():  # warm-up
-            _timed(run, runs_in)
-            bar.update()
-        times: dict[str, list[float]] = {name: [] for name in runs}
-        for _ in range(repeats):
-            for name, run in runs.items():
-                times[name].append(_timed(run, runs_in))
-                bar.update()  # between timed runs: costs nothing timed
+        times = _timed_passes(runs, len(batches), repeats, runs_in, bar)
         bar.close()
         median = {name: statistics.median(values) for name, values in times.items()}
         full = min(median.get("hf", median["engine"]), median["engine"])
@@ -170,5 +176,5 @@ def format_report(report: dict[str, Any]) -> str:
                          for size, row in report["batch_sizes"].items())
     lines.append(f"early exit's overhead per layer a sample visits: {overhead}")
     lines.append("measured x = full-model time (faster of transformers' forward and the engine's) / early-exit time, "
-                 "same tokenized inputs, median of repeats after warm-up")
+                 "same tokenized inputs, interleaved batch by batch, median of repeats after a warm-up pass")
     return "\n".join(lines)
