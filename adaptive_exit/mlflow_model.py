@@ -1,9 +1,16 @@
-"""The trained model as an MLflow pyfunc model: loadable with ``mlflow.pyfunc.load_model`` and servable."""
+"""The trained model as an MLflow pyfunc model, logged from code (nothing pickled): loadable with
+``mlflow.pyfunc.load_model`` and servable, with this project packed as a wheel beside it for its environment."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import importlib
 import importlib.metadata
 import math
+import tempfile
+import zipfile
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -57,6 +64,38 @@ def log_model(model_dir: str, name: str = "model") -> Any:
     example_threshold = threshold if not math.isnan(threshold) else sum(threshold_range(model_signal(model))) / 2
     output = wrapper.predict(None, example, {"threshold": example_threshold})
     signature = infer_signature(example, output, params={"threshold": threshold})
-    requirements = [f"adaptive-exit=={importlib.metadata.version('adaptive-exit')}"]
-    return mlflow.pyfunc.log_model(name=name, python_model=EarlyExitPyfunc(), artifacts={"model": str(model_dir)},
-                                   signature=signature, pip_requirements=requirements)
+    with tempfile.TemporaryDirectory() as scratch:
+        wheel = project_wheel(Path(scratch))
+        # the environment MLflow builds for the model installs the wheel, and through it the project's dependencies
+        return mlflow.pyfunc.log_model(name=name, python_model=str(Path(__file__).with_name("mlflow_pyfunc.py")),
+                                       artifacts={"model": str(model_dir), "project": str(wheel)},
+                                       signature=signature, pip_requirements=[f"artifacts/{wheel.name}"])
+
+
+def _record_line(name: str, data: bytes) -> str:
+    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+    return f"{name},sha256={digest},{len(data)}"
+
+
+def project_wheel(directory: Path) -> Path:
+    """This project as it runs here (its packages, with the plugins it ships, and its metadata), packed into a
+    wheel in ``directory``: what the logged model's environment installs, since no package index serves it."""
+    dist = importlib.metadata.distribution("adaptive-exit")
+    version = dist.version
+    info = f"adaptive_exit-{version}.dist-info"
+    files: dict[str, bytes] = {}
+    for package in (dist.read_text("top_level.txt") or "adaptive_exit").split():
+        root = Path(importlib.import_module(package).__file__).parent
+        for path in sorted(root.rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts:
+                files[f"{package}/{path.relative_to(root).as_posix()}"] = path.read_bytes()
+    files[f"{info}/METADATA"] = (dist.read_text("METADATA") or "").encode()
+    files[f"{info}/entry_points.txt"] = (dist.read_text("entry_points.txt") or "").encode()
+    files[f"{info}/WHEEL"] = b"Wheel-Version: 1.0\nGenerator: adaptive-exit\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    record = [_record_line(name, data) for name, data in files.items()] + [f"{info}/RECORD,,"]
+    files[f"{info}/RECORD"] = ("\n".join(record) + "\n").encode()
+    wheel = directory / f"adaptive_exit-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    return wheel

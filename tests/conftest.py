@@ -59,7 +59,8 @@ def cli(env: dict[str, str], tmp_path: Path):
 def trained_model(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny real model (MiniLM cut to 2 layers) trained briefly with COSEE on movie-reviews, saved.
 
-    Its MLflow store is ``mlflow.db`` beside the model directory."""
+    Its MLflow store is ``mlflow.db`` beside the model directory, and what ``train`` printed on stderr is
+    ``train.stderr``."""
     workdir = tmp_path_factory.mktemp("trained")
     env = {**os.environ, "ADAPTIVE_EXIT_CACHE": str(cache_dir), "HF_HUB_OFFLINE": "1",
            "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}"}
@@ -68,6 +69,7 @@ def trained_model(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
                            "--output-dir", str(workdir / "model")], cwd=workdir, capture_output=True, text=True,
                           env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+    (workdir / "train.stderr").write_text(done.stderr)
     return workdir / "model"
 
 

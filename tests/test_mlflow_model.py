@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import urllib.request
+from pathlib import Path
 
 import mlflow
 import pandas as pd
@@ -35,6 +37,32 @@ def test_run_records_data_inputs_and_tags(logged):
     assert tags["adaptive_exit.plugin.weighting"].startswith("cosee (cosee ")
     assert tags["adaptive_exit.plugin.signal"].startswith("entropy (adaptive_exit (built-in) ")
     assert "train" in tags["adaptive_exit.argv"] and len(tags["mlflow.source.git.commit"]) == 40
+
+
+def test_logged_model_is_code_and_files_without_a_pickle(logged, trained_model, tmp_path):
+    """Logged from code: no pickle in the artifact, the project as a wheel beside it, and a fresh process loads it
+    and answers with exit layers."""
+    import zipfile
+
+    _, model_id = logged
+    assert "pickle" not in (trained_model.parent / "train.stderr").read_text().lower()
+    local = mlflow.artifacts.download_artifacts(f"models:/{model_id}", dst_path=str(tmp_path))
+    files = [p for p in Path(local).rglob("*") if p.is_file()]
+    assert not [p for p in files if p.suffix in (".pkl", ".pickle")]
+    assert (Path(local) / "mlflow_pyfunc.py").is_file()
+    wheel = next(p for p in files if p.suffix == ".whl")
+    requirements = (Path(local) / "requirements.txt").read_text().split()
+    assert f"artifacts/{wheel.name}" in requirements
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "adaptive_exit/mlflow_pyfunc.py" in names and "adaptive_exit_baselines/__init__.py" in names
+    assert any(n.endswith(".dist-info/entry_points.txt") for n in names)
+    script = ("import sys, mlflow, pandas as pd; m = mlflow.pyfunc.load_model(sys.argv[1]); "
+              "print(m.predict(pd.DataFrame({'text': ['a warm film', 'dull']}), params={'threshold': 1.01})"
+              "['exit_layer'].tolist())")
+    done = subprocess.run([sys.executable, "-c", script, local], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[1, 1]"
 
 
 def test_pyfunc_model_predicts_with_exit_layers(logged, trained_model):
