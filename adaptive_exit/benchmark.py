@@ -34,13 +34,14 @@ def _engine_forward(model: MultiExitModel, batch: dict[str, torch.Tensor]) -> to
 def _timed_passes(runs: dict[str, Callable[[int], Any]], count: int, repeats: int, precision: Precision,
                   bar: Any) -> dict[str, list[float]]:
     """Seconds each of ``runs`` takes over batches ``0..count-1``, per pass: a warm-up pass, then ``repeats``
-    timed ones (``bar`` counts the batches). Interleaved batch by batch (each batch through every run in turn), so that a slower spell of the
-    machine falls on all of them alike; one autocast region per pass, as ``predict`` has."""
+    timed ones (``bar`` counts the batches). Interleaved batch by batch (each batch through every run in turn),
+    so that a slower spell of the machine falls on all of them alike; all in one autocast region, as ``predict``
+    has, so that the warm-up pass casts the weights once for every run."""
     cuda = precision.device.type == "cuda"
     times: dict[str, list[float]] = {name: [] for name in runs}
-    for timed in [False] + [True] * repeats:
-        spent = dict.fromkeys(runs, 0.0)
-        with precision.autocast():
+    with precision.autocast():
+        for timed in [False] + [True] * repeats:
+            spent = dict.fromkeys(runs, 0.0)
             for index in range(count):
                 for name, run in runs.items():
                     if cuda:
@@ -51,9 +52,9 @@ def _timed_passes(runs: dict[str, Callable[[int], Any]], count: int, repeats: in
                         torch.cuda.synchronize()
                     spent[name] += time.perf_counter() - start
                 bar.update()  # between batches: costs nothing timed
-        if timed:
-            for name, seconds in spent.items():
-                times[name].append(seconds)
+            if timed:
+                for name, seconds in spent.items():
+                    times[name].append(seconds)
     return times
 
 

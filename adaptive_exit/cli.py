@@ -490,12 +490,12 @@ def make_parser(argv: list[str]) -> argparse.ArgumentParser:
 
     bench = sub.add_parser("benchmark", help="measured early-exit speed-up against the full model",
                            description="Time the full model and early exit on the same tokenized evaluation inputs "
-                                       "(interleaved, median of repeats after warm-up) at the stored threshold, and "
+                                       "(interleaved batch by batch, median of passes) at the stored threshold, and "
                                        "report layer speed-up, FLOPs ratio, measured speed-up and their ratio.")
     _add_saved_model_args(bench, "print the report as JSON", dataset=False, track=False)
     bench.add_argument("--threshold", type=float, help="exit threshold (default: the calibrated one)")
     bench.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32], metavar="B", help="(default: 1 32)")
-    bench.add_argument("--repeats", type=int, default=5, help="timed repeats per path (default: 5)")
+    bench.add_argument("--repeats", type=int, default=5, help="timed passes over the inputs (default: 5)")
     bench.set_defaults(func=cmd_benchmark)
 
     bench_train = sub.add_parser(

@@ -77,20 +77,39 @@ def _record_line(name: str, data: bytes) -> str:
     return f"{name},sha256={digest},{len(data)}"
 
 
+def _installed_metadata() -> importlib.metadata.Distribution:
+    """The installed distribution's own metadata (a ``.dist-info``; a stale ``.egg-info`` in a source checkout on
+    ``sys.path`` has no METADATA)."""
+    from .errors import UsageError
+
+    for dist in importlib.metadata.distributions(name="adaptive-exit"):
+        if dist.read_text("METADATA"):
+            return dist
+    raise UsageError("adaptive-exit is not installed (no METADATA found), so the logged model cannot carry it; "
+                     "install it (`pip install -e .`), or pass --config with `tracking: {log_model: false}`")
+
+
 def project_wheel(directory: Path) -> Path:
-    """This project as it runs here (its packages, with the plugins it ships, and its metadata), packed into a
-    wheel in ``directory``: what the logged model's environment installs, since no package index serves it."""
-    dist = importlib.metadata.distribution("adaptive-exit")
-    version = dist.version
-    info = f"adaptive_exit-{version}.dist-info"
-    files: dict[str, bytes] = {}
-    for package in (dist.read_text("top_level.txt") or "adaptive_exit").split():
+    """This project as it runs here (the Python files of its packages, with the plugins it ships, and its
+    metadata), packed into a wheel in ``directory``: what the logged model's environment installs, since no
+    package index serves it. Its version carries a hash of the code (``0.1.0+<12 hex digits>``), so that an
+    environment MLflow made for one model's code is not reused for another's."""
+    dist = _installed_metadata()
+    packages = (dist.read_text("top_level.txt") or "adaptive_exit").split()
+    code: dict[str, bytes] = {}
+    for package in packages:
         root = Path(importlib.import_module(package).__file__).parent
-        for path in sorted(root.rglob("*")):
-            if path.is_file() and "__pycache__" not in path.parts:
-                files[f"{package}/{path.relative_to(root).as_posix()}"] = path.read_bytes()
-    files[f"{info}/METADATA"] = (dist.read_text("METADATA") or "").encode()
+        for path in sorted(root.rglob("*.py")):
+            code[f"{package}/{path.relative_to(root).as_posix()}"] = path.read_bytes()
+    digest = hashlib.sha256(b"".join(name.encode() + data for name, data in code.items())).hexdigest()[:12]
+    version = f"{dist.version.split('+')[0]}+{digest}"
+    metadata = "".join(f"Version: {version}\n" if line.startswith("Version:") else line
+                       for line in (dist.read_text("METADATA") or "").splitlines(keepends=True))
+    info = f"adaptive_exit-{version}.dist-info"
+    files = dict(code)
+    files[f"{info}/METADATA"] = metadata.encode()
     files[f"{info}/entry_points.txt"] = (dist.read_text("entry_points.txt") or "").encode()
+    files[f"{info}/top_level.txt"] = ("\n".join(packages) + "\n").encode()
     files[f"{info}/WHEEL"] = b"Wheel-Version: 1.0\nGenerator: adaptive-exit\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
     record = [_record_line(name, data) for name, data in files.items()] + [f"{info}/RECORD,,"]
     files[f"{info}/RECORD"] = ("\n".join(record) + "\n").encode()

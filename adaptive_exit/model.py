@@ -13,7 +13,7 @@ from . import encoder_calls
 from .backbones import Encoder
 from .errors import UsageError
 from .exits import ExitOutputs
-from .precision import full_precision
+from .precision import as_fp32, full_precision
 from .writes import write_atomically
 
 MODEL_CONFIG = "adaptive_exit.json"
@@ -36,10 +36,6 @@ def pooling_weights(attention_mask: torch.Tensor, pooling: str, dtype: torch.dty
 def pool(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """One vector per sample from ``pooling_weights``."""
     return torch.bmm(weights, hidden).squeeze(1)
-
-
-def _fp32(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor if tensor.dtype == torch.float32 else tensor.float()
 
 
 class ExitHead(torch.nn.Module):
@@ -87,7 +83,7 @@ class MultiExitModel(torch.nn.Module):
         signals are computed from them, and a bf16 rounding would move samples across a threshold.
         """
         with full_precision(hidden.device):
-            pooled = pool(_fp32(hidden), _fp32(weights))
+            pooled = pool(as_fp32(hidden), as_fp32(weights))
             return pooled, self.heads[index](pooled)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,

@@ -125,6 +125,11 @@ class Precision:
         return norm
 
 
+def as_fp32(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` in fp32 (itself if it is already: no call into torch, which costs where every op counts)."""
+    return tensor if tensor.dtype == torch.float32 else tensor.float()
+
+
 @contextlib.contextmanager
 def full_precision(device: torch.device | str) -> Iterator[None]:
     """Turn autocast off inside an autocast region (exit signals are scored in fp32: they meet thresholds); outside

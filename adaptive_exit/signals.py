@@ -12,6 +12,7 @@ from .errors import PluginError, UsageError
 from .exits import ExitOutputs
 from .hookspecs import hookimpl
 from .plugins import blamed, create, describe, lookup, registry
+from .precision import as_fp32
 
 MARGIN = 0.01  # how far past the scores, as a share of their span, the sweep's grid reaches at each end
 
@@ -157,9 +158,7 @@ def checked_score(signal: Signal, outputs: ExitOutputs) -> torch.Tensor:
 
 def _scaled(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """Logits divided by the temperature, bounded to +-1e30 so that no finite logit leads to inf or NaN."""
-    scaled = logits if logits.dtype == torch.float32 else logits.float()
-    if temperature != 1.0:
-        scaled = scaled / temperature
+    scaled = as_fp32(logits) if temperature == 1.0 else as_fp32(logits) / temperature
     return scaled.clamp(-1e30, 1e30)
 
 

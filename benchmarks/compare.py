@@ -4,13 +4,15 @@
     python benchmarks/compare.py --dataset snli --plan       # list what is missing, with a time estimate
     python benchmarks/compare.py --render-from benchmarks/results    # docs/RESULTS.md from the files alone
     python benchmarks/compare.py --dataset movie-reviews-rating     # the regression comparison (issue 13)
+    python benchmarks/compare.py --dataset snli --backbone mpnet-base --plan   # the 12-layer comparison (issue 21)
 
 Protocol (issue 10). Each method has at most three training configurations; each configuration trains
 with seed 1, the one with the best validation AUC is the method's choice, and only it trains with seeds
 2 and 3. A training is evaluated with every parameter-free signal (and with its own learned signal, if
 it has one) on the validation and the test split, from one all-exits pass per split, so a weighting is
 never confounded with the signal it happens to be read with. The signal of a row is chosen on
-validation too. Every finished training writes `<results>/<dataset>/<configuration>-seed<k>.json`
+validation too. Every finished training writes `<results>/<study>/<configuration>-seed<k>.json`, where the
+study is the dataset, or `<dataset>-<backbone>` for another backbone than MiniLM-L6
 (configuration, budget, timing, commit, per-exit metric, every signal's full validation and test
 curve, COSEE's per-exit weight shares); a training whose file exists is skipped, so the comparison
 can be completed over several sittings, and `--render-from` rebuilds the results from the files.
@@ -79,6 +81,22 @@ METHODS = (
     Method("DeeBERT", (Config("two-stage", ("--weighting", "two-stage", "--signal", "entropy")),)),
     Method("BERxiT", (Config("alternating-lte", ("--weighting", "alternating", "--signal", "lte")),)),
 )
+DEEP_METHODS = (  # the issue-21 comparison on 12 layers: joint training, COSEE's defaults and two alternatives, the
+    # paper's COSEE and PABEE (the best baseline on MiniLM), each with the training signal MiniLM chose on movie-reviews
+    Method(JOINT, (Config("uniform", ("--weighting", "uniform", "--signal", "entropy")),)),
+    Method("COSEE (adaptive-exit)", (
+        Config("cosee-mix0.6-distill1-energy",
+               ("--weighting", "cosee", "--mix", "0.6", "--distill", "1", "--signal", "energy")),
+        # with 12 exits the uniform part of the mix spreads thinner: a smaller one leaves COSEE more to decide
+        Config("cosee-mix0.3-distill1-energy",
+               ("--weighting", "cosee", "--mix", "0.3", "--distill", "1", "--signal", "energy")),
+        Config("cosee-mix0.6-distill2-energy",
+               ("--weighting", "cosee", "--mix", "0.6", "--distill", "2", "--signal", "energy")),
+    )),
+    Method("COSEE (paper)", (Config("cosee-paper-energy", ("--weighting", "cosee", "--preset", "paper", "--signal",
+                                                          "energy")),)),
+    Method("PABEE", (Config("weighted-average", ("--weighting", "weighted-average", "--signal", "patience")),)),
+)
 REGRESSION_METHODS = (  # the issue-13 comparison: joint training, both COSEE methods and PABEE
     Method(JOINT, (Config("uniform-change", ("--weighting", "uniform", "--signal", "change")),)),
     Method("COSEE (adaptive-exit)", (
@@ -99,32 +117,55 @@ REGRESSION_METHODS = (  # the issue-13 comparison: joint training, both COSEE me
 
 @dataclass(frozen=True)
 class Budget:
-    """What every training of a dataset gets; ``baselines`` False keeps only the core methods (joint training,
+    """What every training of a study gets; ``baselines`` False keeps only the core methods (joint training,
     both COSEE methods) plus the baseline that did best on movie-reviews' validation split; ``task`` 'regression'
-    runs ``REGRESSION_METHODS`` and reads them with the regression signals."""
+    runs ``REGRESSION_METHODS`` and reads them with the regression signals; ``methods`` names them outright.
+    ``dataset`` is the dataset plugin (default: the study's name) and ``backbone`` the encoder."""
 
     epochs: int
     max_train_samples: int | None
     baselines: bool = True
     task: str = "classification"
+    methods: tuple[Method, ...] | None = None
+    dataset: str | None = None
+    backbone: str = "minilm-l6"
 
     def flags(self) -> list[str]:
         flags = ["--epochs", str(self.epochs)]
-        return flags + (["--max-train-samples", str(self.max_train_samples)] if self.max_train_samples else [])
+        flags += ["--max-train-samples", str(self.max_train_samples)] if self.max_train_samples else []
+        return flags + (["--backbone", self.backbone] if self.backbone != "minilm-l6" else [])
 
     def describe(self) -> str:
         samples = "the full training split" if self.max_train_samples is None else \
             f"the first {self.max_train_samples:,} training samples"
-        return f"{samples}, {self.epochs} epochs"
+        return f"{BACKBONE_NAMES.get(self.backbone, self.backbone)}, {samples}, {self.epochs} epochs"
 
 
+BACKBONE_NAMES = {"minilm-l6": "MiniLM-L6", "mpnet-base": "all-mpnet-base-v2 (MPNet, 12 layers)"}
+# 12 layers cost about 8 times MiniLM-L6's FLOPs per sample: 2,000 samples and 2 epochs keep the 12-layer
+# comparison (about 28 trainings) within three sittings
 BUDGETS = {"movie-reviews": Budget(3, None), "snli": Budget(2, 10_000, baselines=False),
-           "movie-reviews-rating": Budget(3, None, task="regression")}
+           "movie-reviews-rating": Budget(3, None, task="regression"),
+           "movie-reviews-mpnet-base": Budget(2, 2000, methods=DEEP_METHODS, dataset="movie-reviews",
+                                              backbone="mpnet-base"),
+           "snli-mpnet-base": Budget(2, 2000, methods=DEEP_METHODS, dataset="snli", backbone="mpnet-base")}
+
+
+def study_flags(name: str) -> str:
+    """The ``compare.py`` flags that run the study ``name``."""
+    budget = BUDGETS[name]
+    backbone = f" --backbone {budget.backbone}" if budget.backbone != "minilm-l6" else ""
+    return f"--dataset {budget.dataset or name}{backbone}"
+
+
+def study(dataset: str, backbone: str | None) -> str:
+    """The comparison's name for a dataset on a backbone (its result folder and ``BUDGETS`` key)."""
+    return dataset if backbone in (None, "minilm-l6") else f"{dataset}-{backbone}"
 
 
 @dataclass(frozen=True)
 class Training:
-    """One configuration of one method with one seed; its result file is ``<dataset>/<key>-seed<seed>.json``."""
+    """One configuration of one method with one seed; its result file is ``<study>/<key>-seed<seed>.json``."""
 
     method: Method
     config: Config
@@ -200,7 +241,9 @@ def best_baseline(records: dict[str, dict[str, Any]]) -> Method | None:
 
 
 def methods_for(dataset: str, results: Path) -> list[Method]:
-    """The methods a dataset's comparison carries (see ``Budget.baselines`` and ``Budget.task``)."""
+    """The methods a study carries (see ``Budget.methods``, ``Budget.baselines`` and ``Budget.task``)."""
+    if BUDGETS[dataset].methods is not None:
+        return list(BUDGETS[dataset].methods)
     if BUDGETS[dataset].task == "regression":
         return list(REGRESSION_METHODS)
     if BUDGETS[dataset].baselines:
@@ -312,7 +355,8 @@ def run_training(training: Training, dataset: str, results: Path, work: Path) ->
     settings.write_text("tracking:\n  log_model: false\n")
     tracking_uri = f"sqlite:///{(work / 'mlflow.db').resolve()}"
     experiment = f"compare-{dataset}"
-    flags = [*training.config.flags, "--dataset", dataset, *budget.flags(), "--seed", str(training.seed)]
+    flags = [*training.config.flags, "--dataset", budget.dataset or dataset, *budget.flags(), "--seed",
+             str(training.seed)]
     start = time.perf_counter()
     done = subprocess.run(command("train", "--config", str(settings), *flags, "--experiment", experiment,
                                   "--output-dir", str(model_dir)),
@@ -323,7 +367,8 @@ def run_training(training: Training, dataset: str, results: Path, work: Path) ->
     evaluations, per_exit, eval_seconds = evaluate_every_signal(model_dir)
     commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True, cwd=ROOT)
     setup = next((line for line in done.stderr.splitlines() if "training on" in line), "")
-    record = {"dataset": dataset, "method": training.method.name, "config": training.config.key,
+    record = {"dataset": budget.dataset or dataset, "study": dataset, "backbone": budget.backbone,
+              "method": training.method.name, "config": training.config.key,
               "train_flags": flags, "seed": training.seed,
               "budget": {"epochs": budget.epochs, "max_train_samples": budget.max_train_samples},
               "setup": setup.removeprefix("adaptive-exit: "), "train_seconds": round(seconds, 1),
@@ -336,11 +381,14 @@ def run_training(training: Training, dataset: str, results: Path, work: Path) ->
 
 
 def machine() -> str:
-    """The machine in words: architecture, cores, torch and its threads, accelerator."""
+    """The machine in words: CPU (model, flags, native bf16 or not), cores, torch and its threads, accelerator."""
     import torch
 
+    from adaptive_exit.precision import cpu_description, cpu_line
+
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__} "
+    cpu = cpu_line(cpu_description()).removeprefix("CPU: ")
+    return (f"{platform.machine()}, {os.cpu_count()} CPU cores, {cpu}, torch {torch.__version__} "
             f"({torch.get_num_threads()} threads), {gpu}")
 
 
@@ -495,8 +543,8 @@ def section(dataset: str, results: Path, figures: Path) -> str:
     hours = sum(r["train_seconds"] + r["eval_seconds"] for r in records.values()) / 3600
     first = next(iter(records.values()))
     lines += [
-        f"`python benchmarks/compare.py --dataset {dataset}` on {dates} at commit(s) {commits}; "
-        f"{first['machine']}; {len(records)} training(s), {hours:.1f} hours. Budget for every training: MiniLM-L6, "
+        f"`python benchmarks/compare.py {study_flags(dataset)}` on {dates} at commit(s) {commits}; "
+        f"{first['machine']}; {len(records)} training(s), {hours:.1f} hours. Budget for every training: "
         f"{budget.describe()}, batch size 32, max length 64, the engine's defaults otherwise. "
         f"Result files: `benchmarks/results/{dataset}/`.",
         "",
@@ -565,14 +613,16 @@ def render(results: Path, results_file: Path, datasets: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", choices=sorted(BUDGETS), default="movie-reviews",
-                        help="dataset to run (default: movie-reviews)")
+    parser.add_argument("--dataset", choices=sorted({b.dataset or name for name, b in BUDGETS.items()}),
+                        default="movie-reviews", help="dataset to run (default: movie-reviews)")
+    parser.add_argument("--backbone", choices=sorted(BACKBONE_NAMES), default="minilm-l6",
+                        help="encoder (default: minilm-l6); results go to <results>/<dataset>-<backbone> for another")
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results"),
-                        help="folder of the result files, one subfolder per dataset (default: benchmarks/results)")
+                        help="folder of the result files, one subfolder per study (default: benchmarks/results)")
     parser.add_argument("--work", default="outputs/compare", help="where the models and the MLflow store go")
     parser.add_argument("--max-trainings", type=int, help="stop after this many trainings (size a sitting)")
     parser.add_argument("--plan", action="store_true", help="only list the missing trainings and a time estimate")
-    parser.add_argument("--render-from", metavar="DIR", help="train nothing: write the results of every dataset "
+    parser.add_argument("--render-from", metavar="DIR", help="train nothing: write the results of every study "
                                                              "from the result files in DIR")
     parser.add_argument("--results-file", default=str(ROOT / "docs" / "RESULTS.md"), help="file to write")
     args = parser.parse_args(argv)
@@ -583,11 +633,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {results_file}")
         return 0
     results = Path(args.results)
+    name = study(args.dataset, args.backbone)
+    if name not in BUDGETS:
+        parser.error(f"no comparison of {args.dataset} on {args.backbone} is defined; the studies: "
+                     + ", ".join(study_flags(n) for n in BUDGETS))
     if args.plan:
-        left = missing(args.dataset, results)
+        left = missing(name, results)
         for training in left:
             print(f"{training.stem}  ({training.method.name}): {' '.join(training.config.flags)}")
-        minutes = estimate_minutes(load_records(results, args.dataset), len(left))
+        minutes = estimate_minutes(load_records(results, name), len(left))
         print(f"{len(left)} trainings named so far are missing" +
               ("" if minutes is None else f", about {minutes:.0f} minutes at the mean so far"))
         return 0
@@ -595,15 +649,15 @@ def main(argv: list[str] | None = None) -> int:
 
     quiet_libraries()
     done = 0
-    while (left := missing(args.dataset, results)) and (args.max_trainings is None or done < args.max_trainings):
+    while (left := missing(name, results)) and (args.max_trainings is None or done < args.max_trainings):
         training = left[0]
         print(f"[{time.strftime('%H:%M')}] {training.stem} ({training.method.name}); {len(left)} named trainings "
               f"missing", flush=True)
-        record = run_training(training, args.dataset, results, Path(args.work))
+        record = run_training(training, name, results, Path(args.work))
         done += 1
         print(f"  train {record['train_seconds']:.0f} s, evaluation {record['eval_seconds']:.0f} s, final-exit test "
-              f"{METRIC_WORD[BUDGETS[args.dataset].task]} {record['per_exit_accuracy']['test'][-1]:.4f}", flush=True)
-    render(results, results_file, [args.dataset])
+              f"{METRIC_WORD[BUDGETS[name].task]} {record['per_exit_accuracy']['test'][-1]:.4f}", flush=True)
+    render(results, results_file, [name])
     print(f"wrote {results_file}")
     return 0
 

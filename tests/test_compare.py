@@ -61,3 +61,24 @@ def test_render_from_the_result_files_alone(tmp_path):
     assert (tmp_path / "cosee-weights-movie-reviews.png").stat().st_size > 10_000
     again = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path)
     assert again.returncode == 0 and results.read_text() == text
+
+
+def test_a_backbone_is_its_own_study(tmp_path):
+    """`--backbone mpnet-base` runs the 12-layer methods into `<dataset>-mpnet-base`, with the backbone flag."""
+    compare = load_compare()
+    name = compare.study("snli", "mpnet-base")
+    assert name == "snli-mpnet-base" and compare.study("snli", "minilm-l6") == "snli"
+    budget = compare.BUDGETS[name]
+    assert budget.dataset == "snli" and budget.flags() == ["--epochs", "2", "--max-train-samples", "2000",
+                                                           "--backbone", "mpnet-base"]
+    assert "--backbone" not in compare.BUDGETS["snli"].flags()  # the 6-layer runs keep their command lines
+    assert [t.stem for t in compare.missing(name, tmp_path)] == [
+        "uniform-seed1", "cosee-mix0.6-distill1-energy-seed1", "cosee-mix0.3-distill1-energy-seed1",
+        "cosee-mix0.6-distill2-energy-seed1", "cosee-paper-energy-seed1", "weighted-average-seed1"]
+    assert compare.study_flags(name) == "--dataset snli --backbone mpnet-base"
+    plan = [sys.executable, str(ROOT / "benchmarks" / "compare.py"), "--dataset", "snli", "--backbone", "mpnet-base",
+            "--results", str(tmp_path), "--plan"]
+    done = subprocess.run(plan, capture_output=True, text=True)
+    assert done.returncode == 0 and "6 trainings named so far are missing" in done.stdout, done.stderr
+    done = subprocess.run([*plan[:3], "movie-reviews-rating", *plan[4:]], capture_output=True, text=True)
+    assert done.returncode == 2 and "no comparison of movie-reviews-rating on mpnet-base" in done.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import urllib.request
@@ -53,9 +54,18 @@ def test_logged_model_is_code_and_files_without_a_pickle(logged, trained_model, 
     wheel = next(p for p in files if p.suffix == ".whl")
     requirements = (Path(local) / "requirements.txt").read_text().split()
     assert f"artifacts/{wheel.name}" in requirements
+    assert re.fullmatch(r"adaptive_exit-0\.1\.0\+[0-9a-f]{12}-py3-none-any\.whl", wheel.name)
     names = zipfile.ZipFile(wheel).namelist()
     assert "adaptive_exit/mlflow_pyfunc.py" in names and "adaptive_exit_baselines/__init__.py" in names
-    assert any(n.endswith(".dist-info/entry_points.txt") for n in names)
+    # pip installs it (no index, no dependencies), with its metadata and the plugins' entry points
+    target = tmp_path / "installed"
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", "--target",
+                           str(target), str(wheel)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (info,) = target.glob("adaptive_exit-*.dist-info")
+    assert "Name: adaptive-exit\n" in (info / "METADATA").read_text()
+    assert "cosee = adaptive_exit_cosee" in (info / "entry_points.txt").read_text()
+    assert (target / "adaptive_exit_cosee" / "__init__.py").is_file()
     script = ("import sys, mlflow, pandas as pd; m = mlflow.pyfunc.load_model(sys.argv[1]); "
               "print(m.predict(pd.DataFrame({'text': ['a warm film', 'dull']}), params={'threshold': 1.01})"
               "['exit_layer'].tolist())")
