@@ -47,7 +47,7 @@ class ExitHead(torch.nn.Module):
         self.classifier = torch.nn.Linear(hidden_size, num_labels)
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.dropout(pooled) if self.training else pooled)
+        return self.classifier(self.dropout(pooled))
 
 
 class MultiExitModel(torch.nn.Module):
