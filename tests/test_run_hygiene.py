@@ -23,11 +23,17 @@ def logged_steps(database) -> int:
         return 0
 
 
+def default_sigint() -> None:
+    """Give the child Ctrl-C's default action: a shell starting pytest in the background (`pytest &`, CI runners)
+    makes its children ignore SIGINT, and Python then installs no KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_sigint_ends_the_run_killed_and_leaves_no_half_model(env, tmp_path):
     train = subprocess.Popen([sys.executable, "-m", "adaptive_exit", "train", "--num-layers", "2", "--max-length", "32",
                               "--batch-size", "8", "--max-train-samples", "4000", "--max-eval-samples", "32",
                               "--output-dir", "model"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+                             stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     deadline = time.time() + 300
     while logged_steps(tmp_path / "mlflow.db") < 3:  # interrupt once training has logged a few steps
         assert train.poll() is None and time.time() < deadline, train.stderr.read()[-2000:]
