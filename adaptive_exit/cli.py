@@ -326,7 +326,8 @@ def cmd_check_backbone(args: argparse.Namespace) -> int:
             print(f"{index:>5}  {diff:.3g}")
     else:
         print("no own forward to compare with (the encoder's own_forward gives None)")
-    print(f"a probe sentence alone against the same sentence in a padded batch: {report.alone:.3g}")
+    print(f"a probe sentence alone against the same sentence in a padded batch: {report.alone:.3g}"
+          + (f" (its own forward: {report.own_alone:.3g})" if report.per_layer else ""))
     if report.ok:
         print(f"OK: run one layer at a time it computes what its own forward computes (tolerance {TOLERANCE:g} of "
               f"the largest state)")
