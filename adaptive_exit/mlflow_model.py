@@ -51,8 +51,9 @@ class EarlyExitPyfunc(mlflow.pyfunc.PythonModel):
         return pd.DataFrame({column: [a[column] for a in answers] for column in columns})
 
 
-def log_model(model_dir: str, name: str = "model") -> Any:
-    """Log the saved model in ``model_dir`` to the active MLflow run as a pyfunc model called ``name``."""
+def log_model(model_dir: str, name: str = "model", expected_code: str | None = None) -> Any:
+    """Log the saved model in ``model_dir`` to the active MLflow run as a pyfunc model called ``name``; a UsageError
+    if the project's code on disk is no longer the one whose ``code_hash()`` is ``expected_code``."""
     from mlflow.models import infer_signature
 
     model = MultiExitModel.from_pretrained(model_dir)
@@ -65,7 +66,7 @@ def log_model(model_dir: str, name: str = "model") -> Any:
     output = wrapper.predict(None, example, {"threshold": example_threshold})
     signature = infer_signature(example, output, params={"threshold": threshold})
     with tempfile.TemporaryDirectory() as scratch:
-        wheel = project_wheel(Path(scratch))
+        wheel = project_wheel(Path(scratch), expected_code)
         # the environment MLflow builds for the model installs the wheel, and through it the project's dependencies
         return mlflow.pyfunc.log_model(name=name, python_model=str(Path(__file__).with_name("mlflow_pyfunc.py")),
                                        artifacts={"model": str(model_dir), "project": str(wheel)},
@@ -89,19 +90,40 @@ def _installed_metadata() -> importlib.metadata.Distribution:
                      "install it (`pip install -e .`), or pass --config with `tracking: {log_model: false}`")
 
 
-def project_wheel(directory: Path) -> Path:
-    """This project as it runs here (the Python files of its packages, with the plugins it ships, and its
-    metadata), packed into a wheel in ``directory``: what the logged model's environment installs, since no
-    package index serves it. Its version carries a hash of the code (``0.1.0+<12 hex digits>``), so that an
-    environment MLflow made for one model's code is not reused for another's."""
-    dist = _installed_metadata()
-    packages = (dist.read_text("top_level.txt") or "adaptive_exit").split()
+def _project_code() -> tuple[list[str], dict[str, bytes]]:
+    """This project's packages (with the plugins it ships) and their Python files as they are on disk now, by
+    their path in a wheel."""
+    packages = (_installed_metadata().read_text("top_level.txt") or "adaptive_exit").split()
     code: dict[str, bytes] = {}
     for package in packages:
         root = Path(importlib.import_module(package).__file__).parent
         for path in sorted(root.rglob("*.py")):
             code[f"{package}/{path.relative_to(root).as_posix()}"] = path.read_bytes()
-    digest = hashlib.sha256(b"".join(name.encode() + data for name, data in code.items())).hexdigest()[:12]
+    return packages, code
+
+
+def _digest(code: dict[str, bytes]) -> str:
+    return hashlib.sha256(b"".join(name.encode() + data for name, data in code.items())).hexdigest()[:12]
+
+
+def code_hash() -> str:
+    """12 hex digits that change whenever the project's code on disk changes (the version tail of its wheel)."""
+    return _digest(_project_code()[1])
+
+
+def project_wheel(directory: Path, expected_code: str | None = None) -> Path:
+    """This project as it runs here (the Python files of its packages, with the plugins it ships, and its
+    metadata), packed into a wheel in ``directory``: what the logged model's environment installs, since no
+    package index serves it. Its version carries a hash of the code (``0.1.0+<12 hex digits>``), so that an
+    environment MLflow made for one model's code is not reused for another's. A UsageError if that hash is not
+    ``expected_code`` (the code changed on disk since the process that trained the model started)."""
+    dist = _installed_metadata()
+    packages, code = _project_code()
+    digest = _digest(code)
+    if expected_code is not None and digest != expected_code:
+        raise UsageError("the code of adaptive-exit changed on disk while this command ran, so the logged model "
+                         "would run other code than the one that trained and evaluated it; train again with the "
+                         "code unchanged to log it")
     version = f"{dist.version.split('+')[0]}+{digest}"
     metadata = "".join(f"Version: {version}\n" if line.startswith("Version:") else line
                        for line in (dist.read_text("METADATA") or "").splitlines(keepends=True))

@@ -29,6 +29,7 @@ from .run_status import HOST, PID, end_run, fail_dead_runs, fail_pending_models,
 from .writes import writing
 
 RUN_ID = "mlflow_run_id"
+CODE = "code_hash"
 SHARE_KEY = re.compile(r"^(?P<group>.+)/exit_(?P<exit>\d+)$")
 
 
@@ -133,6 +134,10 @@ def on_run_start(run: Any) -> None:
 
     parent = run.parent.state.get(RUN_ID) if run.parent is not None and run.parent.tracking else None
     check_server_answers(mlflow.get_tracking_uri())
+    if run.command == "train" and run.config["tracking"]["log_model"]:
+        from .mlflow_model import code_hash
+
+        run.state[CODE] = code_hash()  # the code this process runs, which the logged model must carry
     with store_lock(mlflow.get_tracking_uri()):
         fail_dead_runs(MlflowClient(), mlflow.get_tracking_uri())
         mlflow.set_experiment(run.experiment)
@@ -314,7 +319,7 @@ def on_run_end(run: Any, status: str, output_dir: str | None, error: str | None)
             with writing(f"the MLflow model of run {run_id} into {artifacts}", local_path(artifacts),
                          cleanup=lambda: fail_pending_models(client, client.get_run(run_id)),
                          then=f"use the model in {output_dir}, which is complete"):
-                log_model(output_dir)
+                log_model(output_dir, expected_code=run.state.get(CODE))
     except BaseException as exc:  # the run did not get all it promised: it did not finish
         status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
         error = error or (None if status == "KILLED" else error_line(exc))

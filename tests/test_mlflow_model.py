@@ -40,6 +40,25 @@ def test_run_records_data_inputs_and_tags(logged):
     assert "train" in tags["adaptive_exit.argv"] and len(tags["mlflow.source.git.commit"]) == 40
 
 
+def test_a_model_is_logged_only_with_the_code_that_ran(logged, trained_model, tmp_path):
+    """The logged wheel's version tail is the hash of the code on disk; where that code changed since the training
+    process started, the model is refused with one line, not logged with code that never ran."""
+    from adaptive_exit import UsageError
+    from adaptive_exit.mlflow_model import code_hash, log_model
+
+    _, model_id = logged
+    local = mlflow.artifacts.download_artifacts(f"models:/{model_id}", dst_path=str(tmp_path / "logged"))
+    (wheel,) = Path(local).rglob("*.whl")
+    assert wheel.name == f"adaptive_exit-0.1.0+{code_hash()}-py3-none-any.whl"
+    store = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")  # a run of its own, outside the session's store
+    try:
+        with mlflow.start_run(), pytest.raises(UsageError, match=r"^the code of adaptive-exit changed on disk"):
+            log_model(str(trained_model), expected_code="0" * 12)
+    finally:
+        mlflow.set_tracking_uri(store)
+
+
 def test_logged_model_is_code_and_files_without_a_pickle(logged, trained_model, tmp_path):
     """Logged from code: no pickle in the artifact, the project as a wheel beside it, and a fresh process loads it
     and answers with exit layers."""
