@@ -14,6 +14,11 @@ from typing import Callable, Iterator
 
 import pytest
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Tests run in parallel workers (pytest -n, the default): one thread for each worker and every process it
+    # starts, so the workers share the cores; torch's own threads on top of them would oversubscribe the cores.
+    os.environ["OMP_NUM_THREADS"] = "1"
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--num-layers", "2", "--max-length", "32", "--epochs", "1", "--batch-size", "16"]
 
