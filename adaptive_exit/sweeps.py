@@ -163,6 +163,16 @@ class Comparison:
         import matplotlib.pyplot as plt
 
         figure, axis = plt.subplots(figsize=(8, 5))
+        self.draw(axis)
+        figure.tight_layout()
+        figure.savefig(path, dpi=120)
+        plt.close(figure)
+        return path
+
+    def draw(self, axis: Any) -> None:
+        """The curves of ``plot`` drawn into a matplotlib ``axis`` (to put several comparisons in one figure)."""
+        import matplotlib.pyplot as plt
+
         groups = self.groups(finished=True)
         colors = plt.get_cmap("tab10" if len(groups) <= 10 else "tab20").colors
         for index, (group, children) in enumerate(groups.items()):
@@ -177,10 +187,6 @@ class Comparison:
         axis.set_title(self.title)
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
-        figure.tight_layout()
-        figure.savefig(path, dpi=120)
-        plt.close(figure)
-        return path
 
     def table(self) -> str:
         """A readable summary, one line per configuration."""

@@ -429,14 +429,22 @@ def method_rows(dataset: str, results: Path) -> list[dict[str, Any]]:
     return out
 
 
-def verdict(rows: list[dict[str, Any]], word: str = "accuracy") -> list[str]:
-    """Whether the better COSEE method (by validation) beats joint training on test, as the issue asks:
-    in AUC and at 2x and 3x, by more than the larger of the two standard deviations."""
+def cosee_and_joint(rows: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The better COSEE method's row (by validation AUC) and joint training's row, or None while one is missing."""
     joint = next((r for r in rows if r["method"] == JOINT), None)
     cosee = [r for r in rows if r["method"] in COSEE_METHODS]
     if joint is None or not cosee:
+        return None
+    return max(cosee, key=lambda r: mean(r["validation_auc"])), joint
+
+
+def verdict(rows: list[dict[str, Any]], word: str = "accuracy") -> list[str]:
+    """Whether the better COSEE method (by validation) beats joint training on test, as the issue asks:
+    in AUC and at 2x and 3x, by more than the larger of the two standard deviations."""
+    pair = cosee_and_joint(rows)
+    if pair is None:
         return []
-    best = max(cosee, key=lambda r: mean(r["validation_auc"]))
+    best, joint = pair
     if len(best["seeds"]) < 3 or len(joint["seeds"]) < 3:
         return [f"- Not decided yet: {best['method']} ({best['config']}) has seeds {best['seeds']}, "
                 f"joint training {joint['seeds']}; the verdict needs 3 seeds of each."]
@@ -485,11 +493,12 @@ def matrix(dataset: str, results: Path) -> list[str]:
     return lines
 
 
-def plot_curves(rows: list[dict[str, Any]], dataset: str, path: Path, word: str = "accuracy") -> None:
-    """The chosen rows' test curves, mean over seeds with the band between lowest and highest seed."""
+def comparison_of(rows: list[dict[str, Any]], title: str, word: str = "accuracy") -> Any:
+    """The chosen rows' test curves as a ``Comparison`` (its plot: the mean over seeds, with the band between the
+    lowest and highest seed)."""
     from adaptive_exit import ChildResult, Comparison, CurvePoint, EvaluationResult
 
-    comparison = Comparison(word, title=f"{dataset}: test {word} against layer speed-up")
+    comparison = Comparison(word, title=title)
     for row in rows:
         for run in row["runs"]:
             evaluation = run["evaluations"]["test"][row["signal"]]
@@ -498,7 +507,47 @@ def plot_curves(rows: list[dict[str, Any]], dataset: str, path: Path, word: str 
                                       evaluation["auc"], evaluation["metric_at"])
             comparison.children.append(ChildResult(run["config"], f"{row['method']} ({row['signal']})",
                                                    run["seed"], result))
-    comparison.plot(path)
+    return comparison
+
+
+def depth_comparison(deep: str, results: Path, figures: Path) -> list[str]:
+    """For a study on a deeper encoder: the better COSEE method's test gap to joint training on MiniLM-L6 and on
+    it, and both depths' curves side by side (written to ``figures``)."""
+    studies = [s for s in (BUDGETS[deep].dataset, deep) if method_rows(s, results)]
+    lines = ["| encoder | COSEE method (configuration) | seeds: COSEE / joint | AUC gap | "
+             "accuracy gap @2x | accuracy gap @3x |", "|---|---|---|---|---|---|"]
+    for name in studies:
+        pair = cosee_and_joint(method_rows(name, results))
+        if pair is None:
+            continue
+        best, joint = pair
+        gaps = []
+        for a, b in ((best["auc"], joint["auc"]), (best["at"]["2"], joint["at"]["2"]), (best["at"]["3"], joint["at"]["3"])):
+            gaps.append("n/a" if None in a or None in b else
+                        f"{mean(a) - mean(b):+.4f} (std {max(std(a), std(b)):.4f})")
+        lines.append(f"| {BACKBONE_NAMES[BUDGETS[name].backbone]} | {best['method']} (`{best['config']}`) | "
+                     f"{','.join(map(str, best['seeds']))} / {','.join(map(str, joint['seeds']))} | " + " | ".join(gaps)
+                     + " |")
+    if len(lines) == 2:
+        return []
+    lines = ["", "COSEE against joint training at both depths (test, mean over the seeds found; the gap is COSEE's "
+             "mean minus joint training's, beside the larger of the two standard deviations):", "", *lines]
+    if len(studies) == 2:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        figure, axes = plt.subplots(1, 2, figsize=(14, 5), sharey=True)
+        for axis, name in zip(axes, studies):
+            title = f"{BACKBONE_NAMES[BUDGETS[name].backbone]}: test accuracy against layer speed-up"
+            comparison_of(method_rows(name, results), title).draw(axis)
+        figure.tight_layout()
+        path = figures / f"depths-{BUDGETS[deep].dataset}.png"
+        figure.savefig(path, dpi=110)
+        plt.close(figure)
+        lines += ["", f"![6 and 12 layers side by side on {BUDGETS[deep].dataset}]({path.name})"]
+    return lines
 
 
 def plot_weight_shares(records: list[dict[str, Any]], path: Path) -> bool:
@@ -573,7 +622,7 @@ def section(dataset: str, results: Path, figures: Path) -> str:
             lines.append(f"| {row['method']} | " + " | ".join(
                 f"{mean([p[k] for p in row['per_exit']]):.4f}" for k in range(num_exits)) + " |")
         curves = figures / f"results-{dataset}.png"
-        plot_curves(table, dataset, curves, word)
+        comparison_of(table, f"{dataset}: test {word} against layer speed-up", word).plot(curves)
         lines += ["", f"![test {word} against layer speed-up on {dataset}]({curves.name})"]
     found = verdict(table, word)
     if found:
@@ -588,6 +637,8 @@ def section(dataset: str, results: Path, figures: Path) -> str:
     if plot_weight_shares(cosee, shares):
         lines += ["", "COSEE's per-exit share of the cross-entropy weight during training (seed 1; the paper's "
                   "method and the departures):", "", f"![COSEE weight shares on {dataset}]({shares.name})"]
+    if budget.backbone != "minilm-l6":
+        lines += depth_comparison(dataset, results, figures)
     return "\n".join(lines) + "\n"
 
 

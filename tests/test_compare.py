@@ -82,3 +82,38 @@ def test_a_backbone_is_its_own_study(tmp_path):
     assert done.returncode == 0 and "6 trainings named so far are missing" in done.stdout, done.stderr
     done = subprocess.run([*plan[:3], "movie-reviews-rating", *plan[4:]], capture_output=True, text=True)
     assert done.returncode == 2 and "no comparison of movie-reviews-rating on mpnet-base" in done.stderr
+
+
+def test_a_deeper_study_is_set_beside_minilm(tmp_path):
+    """The 12-layer section compares COSEE's gap to joint training at both depths and draws both side by side.
+
+    The 12-layer files are the fixture's, renamed: joint training as it is; COSEE's defaults with the numbers of
+    the fixture's cosee-mix0.6-distill1-entropy (validation AUC 0.65, test 0.76/0.78/0.80, at 2x 0.70/0.72/0.74);
+    its two alternatives and the paper's COSEE with those of cosee-paper-energy (validation AUC 0.55)."""
+    import json
+    import shutil
+
+    results = tmp_path / "results"
+    shutil.copytree(FIXTURE / "movie-reviews", results / "movie-reviews")
+    deep = results / "movie-reviews-mpnet-base"
+    deep.mkdir()
+    source = FIXTURE / "movie-reviews"
+    renamed = {f"uniform-seed{k}": ("uniform", f"uniform-seed{k}") for k in (1, 2, 3)}
+    renamed |= {f"cosee-mix0.6-distill1-energy-seed{k}": ("cosee-mix0.6-distill1-energy",
+                                                           f"cosee-mix0.6-distill1-entropy-seed{k}") for k in (1, 2, 3)}
+    renamed |= {f"{key}-seed1": (key, "cosee-paper-energy-seed1") for key in (
+        "cosee-mix0.3-distill1-energy", "cosee-mix0.6-distill2-energy", "cosee-paper-energy")}
+    for stem, (config, origin) in renamed.items():
+        record = json.loads((source / f"{origin}.json").read_text())
+        (deep / f"{stem}.json").write_text(json.dumps({**record, "config": config}))
+    out = tmp_path / "RESULTS.md"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compare.py"), "--render-from", str(results),
+                           "--results-file", str(out)], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    text = out.read_text().split("<!-- compare:movie-reviews-mpnet-base -->")[1]
+    # gaps: AUC 0.78 - 0.72; at 2x 0.72 - 0.71, the larger std 0.02 (COSEE's 0.70/0.72/0.74 against 0.70/0.71/0.72)
+    gaps = "| 1,2,3 / 1,2,3 | +0.0600 (std 0.0200) | +0.0100 (std 0.0200) | n/a |"
+    assert f"| MiniLM-L6 | COSEE (adaptive-exit) (`cosee-mix0.6-distill1-entropy`) {gaps}" in text
+    assert f"| all-mpnet-base-v2 (MPNet, 12 layers) | COSEE (adaptive-exit) (`cosee-mix0.6-distill1-energy`) {gaps}" in text
+    assert "it does not beat joint training (1 of 3 counts ahead" in text
+    assert (tmp_path / "depths-movie-reviews.png").stat().st_size > 10_000
