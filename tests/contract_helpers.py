@@ -103,7 +103,7 @@ def run(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
 def usage_error(code: int, stderr: str, *fragments: str) -> str:
     """The one error line, after checking exit code 2, that there is no traceback and that it holds ``fragments``."""
     assert code == 2, stderr[-2000:]
-    assert "Traceback" not in stderr
+    assert "Traceback" not in stderr, stderr[-4000:]
     errors = [line for line in stderr.splitlines() if line.startswith("adaptive-exit: error:")]
     assert len(errors) == 1 and stderr.strip().splitlines()[-1] == errors[0], stderr[-2000:]
     for fragment in fragments:

@@ -14,10 +14,11 @@ def start_training(env, tmp_path):
     """A tiny `train` long enough to be stopped, and a function that waits for its RUNNING MLflow run."""
     from mlflow.tracking import MlflowClient
 
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    client.search_experiments()  # the store is created here, before the training opens it: two creators collide
     process = subprocess.Popen([sys.executable, "-m", "adaptive_exit", "train", *TINY, "--epochs", "20",
                                 "--max-train-samples", "2000", "--max-eval-samples", "32"],
                                cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
 
     def running_run():
         deadline = time.time() + 120
@@ -138,7 +139,7 @@ def test_finished_only_once_the_model_is_logged(env, tmp_path, monkeypatch):
             "--max-length", "16"]
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
     for raised, status in ((OSError(28, "No space left on device"), "FAILED"), (KeyboardInterrupt(), "KILLED")):
-        def log_model(output_dir, raised=raised):
+        def log_model(output_dir, expected_code=None, raised=raised):
             raise raised
 
         monkeypatch.setattr(mlflow_model, "log_model", log_model)
