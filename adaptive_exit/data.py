@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Iterator
@@ -426,14 +427,16 @@ def tokenize(task: TaskData, tokenizer: Any, max_length: int, splits: tuple[str,
     """The named splits as token ids (``input_ids``, ``attention_mask``, maybe ``token_type_ids``) and ``label``."""
     from datasets import DatasetDict
 
-
     def encode(batch: dict[str, list]) -> dict[str, list]:
         texts = [batch[field] for field in task.text_fields]
         return tokenizer(*texts, truncation=True, max_length=max_length)
 
+    # in memory under a fresh fingerprint: datasets would otherwise pickle the tokenizer to name a cache file
+    # (about a second per split), and nothing here reads such a cache
     columns = [c for c in task.splits["train"].column_names if c != "label"]
-    chosen = DatasetDict({split: task.splits[split] for split in dict.fromkeys(splits)})
-    return chosen.map(encode, batched=True, remove_columns=columns, desc="tokenizing")
+    return DatasetDict({split: task.splits[split].map(encode, batched=True, remove_columns=columns, desc="tokenizing",
+                                                      keep_in_memory=True, new_fingerprint=uuid.uuid4().hex)
+                        for split in dict.fromkeys(splits)})
 
 
 def token_lengths(dataset: Any) -> list[int]:
