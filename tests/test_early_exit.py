@@ -177,9 +177,6 @@ def test_predict_cli_reads_lines_and_jsonl(cli, model_copy, tmp_path):
     jsonl.write_text('{"text": "a fine film"}\n{"text": "dull and far too long"}\n')
     again = cli("predict", str(model_copy), "--input", str(jsonl), "--threshold", "0.5")
     assert [json.loads(line) for line in again.stdout.splitlines()] == answers
-    empty = cli("predict", str(model_copy), "--input", str(tmp_path / "texts.txt"), "--threshold", "0.5",
-                extra_env={})
-    assert empty.returncode == 0
     (tmp_path / "empty.txt").write_text("\n\n")
     done = cli("predict", str(model_copy), "--input", str(tmp_path / "empty.txt"), "--threshold", "0.5")
     assert done.returncode == 2 and "no texts to predict" in done.stderr and "Traceback" not in done.stderr

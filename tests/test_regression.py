@@ -129,6 +129,7 @@ def test_movie_reviews_rating_has_the_sentences_and_splits_of_movie_reviews(env,
     assert -4.0 <= min(ratings) < -3.5 and 3.5 < max(ratings) <= 4.0
 
 
+@pytest.mark.slow  # about 115 s on 2 cores: seven commands; test_local_files_with_numeric_targets trains one by default
 def test_train_evaluate_calibrate_predict_and_benchmark_a_regression_model(cli, tmp_path):
     # three layers: change judges exits 2 and 3 (exit 1 has no exit before it)
     done = cli("train", *TINY, "--num-layers", "3", "--dataset", "movie-reviews-rating", "--weighting", "cosee",

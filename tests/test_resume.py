@@ -211,6 +211,7 @@ def killed_and_resumed(launch, env, tmp_path, run_args, steps, check_refusal=Fal
     assert sorted({m.step for m in client.get_metric_history(cut.info.run_id, "auc")}) == [0, 1, 2]
 
 
+@pytest.mark.slow  # about 110 s on 2 cores: three trainings; the evaluation-stop test below resumes in the default run
 def test_a_killed_cosee_training_resumes_bit_exactly_into_the_same_run(env, tmp_path):
     """COSEE keeps state of its own (the threshold range): 2 epochs of 16 steps, a checkpoint every 2."""
     killed_and_resumed([sys.executable, "-m", "adaptive_exit"], env, tmp_path, RUN, steps=32, check_refusal=True)
