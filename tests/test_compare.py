@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "compare"
 
@@ -117,3 +119,30 @@ def test_a_deeper_study_is_set_beside_minilm(tmp_path):
     assert f"| all-mpnet-base-v2 (MPNet, 12 layers) | COSEE (adaptive-exit) (`cosee-mix0.6-distill1-energy`) {gaps}" in text
     assert "it does not beat joint training (1 of 3 counts ahead" in text
     assert (tmp_path / "depths-movie-reviews.png").stat().st_size > 10_000
+
+
+def test_the_wall_clock_section_says_what_the_stored_threshold_costs_and_buys(tmp_path):
+    """benchmarks/wallclock.py: one row per measured model, from its file alone (hand-set numbers)."""
+    import json
+
+    load_compare()
+    spec = importlib.util.spec_from_file_location("wallclock", ROOT / "benchmarks" / "wallclock.py")
+    wallclock = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(wallclock)
+    folder = tmp_path / "wallclock-movie-reviews-mpnet-base"
+    folder.mkdir()
+    timing = {"layer_speedup": 2.5, "measured_speedup": 2.0, "efficiency": 0.8}
+    record = {"study": "movie-reviews-mpnet-base", "method": "joint training", "config": "uniform", "seed": 1,
+              "signal": "maxprob", "threshold": 0.9,
+              "test": {"speedup": 2.4, "accuracy": 0.88, "full_accuracy": 0.895, "samples": 1000},
+              "benchmark": {"precision": "bf16", "samples": 300,
+                            "batch_sizes": {"1": timing, "32": {**timing, "measured_speedup": 2.25, "efficiency": 0.9}}},
+              "machine": "a test machine"}
+    (folder / "uniform-seed1.json").write_text(json.dumps(record))
+    text = wallclock.section(folder)
+    assert "on a test machine, bf16" in text and "first 300 of them" in text
+    # drop: 100 * (0.895 - 0.88) = 1.5 points
+    assert "| joint training (uniform) | maxprob | 0.8950 → 0.8800 (+1.5 points) | 2.40x | 2.00x (0.80) | " \
+           "2.25x (0.90) |" in text
+    with pytest.raises(SystemExit, match="has no result file"):
+        wallclock.measure(tmp_path / "elsewhere-seed1", "movie-reviews-mpnet-base", tmp_path, 300, 3)
