@@ -19,6 +19,13 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # starts, so the workers share the cores; torch's own threads on top of them would oversubscribe the cores.
     os.environ["OMP_NUM_THREADS"] = "1"
 
+# transformers' log handler writes to the stderr it saw when it was made; made here, that is the session's. Made
+# inside a test that captures stderr (capsys), it kept that test's stream, closed with it, and a later warning in
+# another in-process test printed a logging traceback into that test's stderr.
+from transformers.utils import logging as transformers_logging  # noqa: E402
+
+transformers_logging.get_logger("transformers")
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--num-layers", "2", "--max-length", "32", "--epochs", "1", "--batch-size", "16"]
 
