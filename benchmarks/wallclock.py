@@ -81,7 +81,7 @@ def section(folder: Path) -> str:
     lines = [f"## Wall-clock speed-up on {study}, at the threshold `calibrate --max-drop 1` stores", "",
              f"Written by `python benchmarks/wallclock.py --render` from `benchmarks/results/{folder.name}/`; "
              f"measured by `python benchmarks/wallclock.py --study {study} MODEL_DIR...` on {first['machine']}, "
-             f"{first['benchmark']['precision']}, one model (seed {first['seed']}) per method. The threshold is the "
+             f"{first['benchmark']['precision']}, one model per method. The threshold is the "
              f"fastest within one accuracy point of the full model on validation, with the signal the comparison "
              f"chose for the configuration; the test columns say what it costs on the "
              f"{first['test']['samples']:,} test samples, and the timings are on the first "
@@ -93,7 +93,7 @@ def section(folder: Path) -> str:
     for r in sorted(found, key=lambda r: r["method"]):
         test, batches = r["test"], r["benchmark"]["batch_sizes"]
         timed = [f"{batches[b]['measured_speedup']:.2f}x ({batches[b]['efficiency']:.2f})" for b in ("1", "32")]
-        lines.append(f"| {r['method']} ({r['config']}) | {r['signal']} | {test['full_accuracy']:.4f} → "
+        lines.append(f"| {r['method']} ({r['config']}, seed {r['seed']}) | {r['signal']} | {test['full_accuracy']:.4f} → "
                      f"{test['accuracy']:.4f} ({100 * (test['full_accuracy'] - test['accuracy']):+.1f} points) | "
                      f"{test['speedup']:.2f}x | {timed[0]} | {timed[1]} |")
     return "\n".join(lines) + "\n"

@@ -142,7 +142,7 @@ def test_the_wall_clock_section_says_what_the_stored_threshold_costs_and_buys(tm
     text = wallclock.section(folder)
     assert "on a test machine, bf16" in text and "first 300 of them" in text
     # drop: 100 * (0.895 - 0.88) = 1.5 points
-    assert "| joint training (uniform) | maxprob | 0.8950 → 0.8800 (+1.5 points) | 2.40x | 2.00x (0.80) | " \
+    assert "| joint training (uniform, seed 1) | maxprob | 0.8950 → 0.8800 (+1.5 points) | 2.40x | 2.00x (0.80) | " \
            "2.25x (0.90) |" in text
     with pytest.raises(SystemExit, match="has no result file"):
         wallclock.measure(tmp_path / "elsewhere-seed1", "movie-reviews-mpnet-base", tmp_path, 300, 3)
