@@ -365,19 +365,24 @@ def run_training(training: Training, dataset: str, results: Path, work: Path) ->
     if done.returncode != 0:
         raise SystemExit(f"compare: {training.stem}: train failed:\n{done.stderr[-3000:]}")
     evaluations, per_exit, eval_seconds = evaluate_every_signal(model_dir)
-    commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True, cwd=ROOT)
     setup = next((line for line in done.stderr.splitlines() if "training on" in line), "")
     record = {"dataset": budget.dataset or dataset, "study": dataset, "backbone": budget.backbone,
               "method": training.method.name, "config": training.config.key,
               "train_flags": flags, "seed": training.seed,
               "budget": {"epochs": budget.epochs, "max_train_samples": budget.max_train_samples},
               "setup": setup.removeprefix("adaptive-exit: "), "train_seconds": round(seconds, 1),
-              "eval_seconds": round(eval_seconds, 1), "commit": commit.stdout.strip(),
+              "eval_seconds": round(eval_seconds, 1), "commit": commit(),
               "date": datetime.date.today().isoformat(), "machine": machine(), "per_exit_accuracy": per_exit,
               "weight_shares": weight_shares(tracking_uri, experiment, model_dir), "evaluations": evaluations}
     (results / dataset).mkdir(parents=True, exist_ok=True)
     (results / dataset / f"{training.stem}.json").write_text(json.dumps(record) + "\n")
     return record
+
+
+def commit() -> str:
+    """The checkout's commit, '-dirty' where tracked files changed."""
+    return subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
+                          cwd=ROOT).stdout.strip()
 
 
 def machine() -> str:

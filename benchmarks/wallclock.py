@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare import (BUDGETS, ROOT, best_signal, command, load_records, machine, seeds_of,  # noqa: E402
+from compare import (BUDGETS, ROOT, best_signal, command, commit, load_records, machine, seeds_of,  # noqa: E402
                      update_results)
 
 PREFIX = "wallclock-"
@@ -58,14 +58,13 @@ def measure(model_dir: Path, study: str, results: Path, samples: int, repeats: i
     (point,) = test["curve"]
     bench = cli_json("benchmark", str(model_dir), "--split", "test", "--signal", signal, "--threshold", threshold,
                      "--batch-sizes", "1", "32", "--max-eval-samples", str(samples), "--repeats", str(repeats))
-    commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True, cwd=ROOT)
     found = {"study": study, "method": record["method"], "config": record["config"], "seed": record["seed"],
              "signal": signal, "threshold": calibration["threshold"],
              "validation": {"speedup": calibration["speedup"], "accuracy": calibration["metric"],
                             "full_accuracy": calibration["full_metric"]},
              "test": {"speedup": point["speedup"], "accuracy": point["metric"],
                       "full_accuracy": test["per_exit_metric"][-1], "samples": test["num_samples"]},
-             "benchmark": bench, "seconds": round(time.perf_counter() - start, 1), "commit": commit.stdout.strip(),
+             "benchmark": bench, "seconds": round(time.perf_counter() - start, 1), "commit": commit(),
              "date": datetime.date.today().isoformat(), "machine": machine()}
     folder = results / f"{PREFIX}{study}"
     folder.mkdir(parents=True, exist_ok=True)
