@@ -41,6 +41,31 @@ def cli_json(*args: str) -> dict[str, Any]:
     return json.loads(done.stdout)
 
 
+def same(given: str, saved: Any) -> bool:
+    """Whether a flag's value and the saved setting agree (numbers as numbers: '2' is 2.0)."""
+    try:
+        return float(given) == float(saved)
+    except (TypeError, ValueError):
+        return given == str(saved)
+
+
+def trained_otherwise(model_dir: Path, flags: list[str]) -> list[str]:
+    """Where the model's saved run differs from the training flags of its result file, one phrase each."""
+    saved_file = model_dir / "adaptive_exit.json"
+    if not saved_file.exists():
+        raise SystemExit(f"wallclock: {model_dir} is not a trained model directory (no adaptive_exit.json)")
+    run = json.loads(saved_file.read_text())["run"]
+    options = run["weighting"]["options"]
+    saved = {"--weighting": run["weighting"]["name"], "--signal": run["signal"]["name"],
+             "--dataset": run["data"]["dataset"], "--backbone": run["model"]["backbone"],
+             "--seed": run["train"]["seed"], "--epochs": run["train"]["epochs"],
+             "--max-train-samples": run["data"]["max_train_samples"],
+             "--mix": options.get("mix"), "--distill": options.get("distill"), "--preset": options.get("preset")}
+    given = {flag: value for flag, value in zip(flags, flags[1:]) if flag in saved}
+    return [f"{flag} {value} in the file, {saved[flag]} in the model" for flag, value in given.items()
+            if not same(value, saved[flag])]
+
+
 def measure(model_dir: Path, study: str, results: Path, samples: int, repeats: int) -> dict[str, Any]:
     """Calibrate, evaluate and benchmark one model of ``study``, and write its result file."""
     records = load_records(results, study)
@@ -48,6 +73,9 @@ def measure(model_dir: Path, study: str, results: Path, samples: int, repeats: i
         raise SystemExit(f"wallclock: {model_dir} has no result file in {results / study}; pass a model directory "
                          f"that benchmarks/compare.py trained for study {study}")
     record = records[model_dir.name]
+    if wrong := trained_otherwise(model_dir, record["train_flags"]):
+        raise SystemExit(f"wallclock: {model_dir} was not trained as its result file says ({'; '.join(wrong)}); "
+                         f"retrain it with the file's train_flags")
     signal = best_signal(seeds_of(records, record["config"]))
     start = time.perf_counter()
     calibration = cli_json("calibrate", str(model_dir), "--max-drop", "1", "--signal", signal, "--split",

@@ -66,7 +66,8 @@ def test_render_from_the_result_files_alone(tmp_path):
 
 
 def test_a_backbone_is_its_own_study(tmp_path):
-    """`--backbone mpnet-base` runs the 12-layer methods into `<dataset>-mpnet-base`, with the backbone flag."""
+    """`--backbone mpnet-base` runs the 12-layer methods into `<dataset>-mpnet-base`, with the backbone flag (snli
+    without the baseline); its plan's estimate comes from the other 12-layer study until it has trainings of its own."""
     compare = load_compare()
     name = compare.study("snli", "mpnet-base")
     assert name == "snli-mpnet-base" and compare.study("snli", "minilm-l6") == "snli"
@@ -76,12 +77,17 @@ def test_a_backbone_is_its_own_study(tmp_path):
     assert "--backbone" not in compare.BUDGETS["snli"].flags()  # the 6-layer runs keep their command lines
     assert [t.stem for t in compare.missing(name, tmp_path)] == [
         "uniform-seed1", "cosee-mix0.6-distill1-energy-seed1", "cosee-mix0.3-distill1-energy-seed1",
-        "cosee-mix0.6-distill2-energy-seed1", "cosee-paper-energy-seed1", "weighted-average-seed1"]
+        "cosee-mix0.6-distill2-energy-seed1", "cosee-paper-energy-seed1"]
+    assert compare.missing("movie-reviews-mpnet-base", tmp_path)[-1].stem == "weighted-average-seed1"
     assert compare.study_flags(name) == "--dataset snli --backbone mpnet-base"
+    (tmp_path / "movie-reviews-mpnet-base").mkdir()
+    (tmp_path / "movie-reviews-mpnet-base" / "uniform-seed1.json").write_text('{"train_seconds": 500, '
+                                                                              '"eval_seconds": 40}')
     plan = [sys.executable, str(ROOT / "benchmarks" / "compare.py"), "--dataset", "snli", "--backbone", "mpnet-base",
             "--results", str(tmp_path), "--plan"]
     done = subprocess.run(plan, capture_output=True, text=True)
-    assert done.returncode == 0 and "6 trainings named so far are missing" in done.stdout, done.stderr
+    assert done.returncode == 0 and "5 trainings named so far are missing, about 45 minutes at the mean of " \
+        "movie-reviews-mpnet-base's trainings so far" in done.stdout, done.stderr
     done = subprocess.run([*plan[:3], "movie-reviews-rating", *plan[4:]], capture_output=True, text=True)
     assert done.returncode == 2 and "no comparison of movie-reviews-rating on mpnet-base" in done.stderr
 
@@ -146,3 +152,29 @@ def test_the_wall_clock_section_says_what_the_stored_threshold_costs_and_buys(tm
            "2.25x (0.90) |" in text
     with pytest.raises(SystemExit, match="has no result file"):
         wallclock.measure(tmp_path / "elsewhere-seed1", "movie-reviews-mpnet-base", tmp_path, 300, 3)
+
+
+def test_the_wall_clock_refuses_a_model_trained_otherwise_than_its_result_file(tmp_path):
+    """A model directory renamed after another training's file would be reported under the wrong method."""
+    import json
+
+    load_compare()
+    spec = importlib.util.spec_from_file_location("wallclock", ROOT / "benchmarks" / "wallclock.py")
+    wallclock = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(wallclock)
+    study = tmp_path / "movie-reviews-mpnet-base"
+    study.mkdir()
+    flags = ["--weighting", "cosee", "--mix", "0.6", "--distill", "2", "--signal", "energy", "--dataset",
+             "movie-reviews", "--seed", "1"]
+    (study / "cosee-mix0.6-distill2-energy-seed1.json").write_text(json.dumps({"train_flags": flags}))
+    model = tmp_path / "cosee-mix0.6-distill2-energy-seed1"
+    model.mkdir()
+    with pytest.raises(SystemExit, match="not a trained model directory"):
+        wallclock.measure(model, "movie-reviews-mpnet-base", tmp_path, 300, 3)
+    run = {"weighting": {"name": "cosee", "options": {"mix": 0.0, "distill": 2.0, "preset": "paper"}},
+           "signal": {"name": "energy"}, "data": {"dataset": "movie-reviews", "max_train_samples": 2000},
+           "model": {"backbone": "mpnet-base"}, "train": {"seed": 3, "epochs": 2}}
+    (model / "adaptive_exit.json").write_text(json.dumps({"run": run}))
+    with pytest.raises(SystemExit, match=r"not trained as its result file says \(--mix 0.6 in the file, 0.0 in the "
+                                         r"model; --seed 1 in the file, 3 in the model\)"):
+        wallclock.measure(model, "movie-reviews-mpnet-base", tmp_path, 300, 3)
