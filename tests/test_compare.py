@@ -73,7 +73,8 @@ def test_a_backbone_is_its_own_study(tmp_path):
     assert name == "snli-mpnet-base" and compare.study("snli", "minilm-l6") == "snli"
     budget = compare.BUDGETS[name]
     assert budget.dataset == "snli" and budget.flags() == ["--epochs", "2", "--max-train-samples", "2000",
-                                                           "--backbone", "mpnet-base"]
+                                                           "--max-eval-samples", "2000", "--backbone", "mpnet-base"]
+    assert "(validation and test: their first 2,000 samples)" in budget.describe()
     assert "--backbone" not in compare.BUDGETS["snli"].flags()  # the 6-layer runs keep their command lines
     assert [t.stem for t in compare.missing(name, tmp_path)] == [
         "uniform-seed1", "cosee-mix0.6-distill1-energy-seed1", "cosee-mix0.3-distill1-energy-seed1",
