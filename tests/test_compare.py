@@ -8,6 +8,7 @@ curve stops at 1.2x; one of the two COSEE (paper) configurations; no baseline.
 """
 
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,14 @@ def load_compare():
     spec = importlib.util.spec_from_file_location("compare", ROOT / "benchmarks" / "compare.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules["compare"] = module  # dataclasses look their module up while the class is made
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_wallclock():
+    load_compare()  # wallclock imports compare
+    spec = importlib.util.spec_from_file_location("wallclock", ROOT / "benchmarks" / "wallclock.py")
+    module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
@@ -99,7 +108,6 @@ def test_a_deeper_study_is_set_beside_minilm(tmp_path):
     The 12-layer files are the fixture's, renamed: joint training as it is; COSEE's defaults with the numbers of
     the fixture's cosee-mix0.6-distill1-entropy (validation AUC 0.65, test 0.76/0.78/0.80, at 2x 0.70/0.72/0.74);
     its two alternatives and the paper's COSEE with those of cosee-paper-energy (validation AUC 0.55)."""
-    import json
     import shutil
 
     results = tmp_path / "results"
@@ -130,12 +138,7 @@ def test_a_deeper_study_is_set_beside_minilm(tmp_path):
 
 def test_the_wall_clock_section_says_what_the_stored_threshold_costs_and_buys(tmp_path):
     """benchmarks/wallclock.py: one row per measured model, from its file alone (hand-set numbers)."""
-    import json
-
-    load_compare()
-    spec = importlib.util.spec_from_file_location("wallclock", ROOT / "benchmarks" / "wallclock.py")
-    wallclock = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(wallclock)
+    wallclock = load_wallclock()
     folder = tmp_path / "wallclock-movie-reviews-mpnet-base"
     folder.mkdir()
     timing = {"layer_speedup": 2.5, "measured_speedup": 2.0, "efficiency": 0.8}
@@ -157,12 +160,7 @@ def test_the_wall_clock_section_says_what_the_stored_threshold_costs_and_buys(tm
 
 def test_the_wall_clock_refuses_a_model_trained_otherwise_than_its_result_file(tmp_path):
     """A model directory renamed after another training's file would be reported under the wrong method."""
-    import json
-
-    load_compare()
-    spec = importlib.util.spec_from_file_location("wallclock", ROOT / "benchmarks" / "wallclock.py")
-    wallclock = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(wallclock)
+    wallclock = load_wallclock()
     study = tmp_path / "movie-reviews-mpnet-base"
     study.mkdir()
     flags = ["--weighting", "cosee", "--mix", "0.6", "--distill", "2", "--signal", "energy", "--dataset",
