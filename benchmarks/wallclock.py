@@ -60,6 +60,7 @@ def trained_otherwise(model_dir: Path, flags: list[str]) -> list[str]:
              "--dataset": run["data"]["dataset"], "--backbone": run["model"]["backbone"],
              "--seed": run["train"]["seed"], "--epochs": run["train"]["epochs"],
              "--max-train-samples": run["data"]["max_train_samples"],
+             "--max-eval-samples": run["data"]["max_eval_samples"],
              "--mix": options.get("mix"), "--distill": options.get("distill"), "--preset": options.get("preset")}
     given = {flag: value for flag, value in zip(flags, flags[1:]) if flag in saved}
     return [f"{flag} {value} in the file, {saved[flag]} in the model" for flag, value in given.items()

@@ -171,7 +171,7 @@ def test_the_wall_clock_refuses_a_model_trained_otherwise_than_its_result_file(t
     with pytest.raises(SystemExit, match="not a trained model directory"):
         wallclock.measure(model, "movie-reviews-mpnet-base", tmp_path, 300, 3)
     run = {"weighting": {"name": "cosee", "options": {"mix": 0.0, "distill": 2.0, "preset": "paper"}},
-           "signal": {"name": "energy"}, "data": {"dataset": "movie-reviews", "max_train_samples": 2000},
+           "signal": {"name": "energy"}, "data": {"dataset": "movie-reviews", "max_train_samples": 2000, "max_eval_samples": None},
            "model": {"backbone": "mpnet-base"}, "train": {"seed": 3, "epochs": 2}}
     (model / "adaptive_exit.json").write_text(json.dumps({"run": run}))
     with pytest.raises(SystemExit, match=r"not trained as its result file says \(--mix 0.6 in the file, 0.0 in the "
