@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from .config import flag_name
 from .errors import UsageError
-from .lifecycle import Terminated, terminate_on_sigterm
+from .lifecycle import Terminated, sigterm_received, terminate_on_sigterm
 from .option_flags import (KIND_OF, SECTIONS, add_plugin_option_flags, option_flag, option_label,
                            option_targets, route_options)
 
@@ -591,6 +591,11 @@ def known_error(exc: BaseException) -> str | None:
     return None
 
 
+def _terminated() -> int:
+    print("adaptive-exit: terminated", file=sys.stderr)
+    return 143
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``adaptive-exit`` command; returns the exit code."""
     import traceback
@@ -608,12 +613,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"adaptive-exit: error: {exc}", file=sys.stderr)
         return 2
     except Terminated:
-        print("adaptive-exit: terminated", file=sys.stderr)
-        return 143
+        return _terminated()
     except KeyboardInterrupt:
         print("adaptive-exit: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
+        if sigterm_received():  # SIGTERM's exception, turned into another one where it landed
+            return _terminated()
         line = known_error(exc)
         if line is None:
             raise

@@ -37,6 +37,12 @@ def terminate_on_sigterm() -> None:
     sys.unraisablehook = _drop_ignored_terminated
 
 
+def sigterm_received() -> bool:
+    """Whether SIGTERM came: then any error that follows is its doing (its ``Terminated`` can surface as another
+    exception, e.g. a ``RuntimeError`` when it lands inside a class being created during an import)."""
+    return _sigterm_received
+
+
 def raise_if_terminated() -> None:
     """Raise ``Terminated`` again if SIGTERM came: a signal that lands inside a ``__del__`` or a callback has its
     exception ignored by Python, and the work would go on."""
@@ -74,7 +80,7 @@ def error_line(exc: BaseException) -> str:
 @contextlib.contextmanager
 def lifecycle(run: RunInfo, active: bool = True) -> Iterator[dict[str, Any]]:
     """Call ``on_run_start`` now and ``on_run_end`` with FINISHED, FAILED (an exception) or KILLED (Ctrl-C or
-    SIGTERM, once ``terminate_on_sigterm`` was called).
+    SIGTERM, once ``terminate_on_sigterm`` was called; an error after SIGTERM is raised as ``Terminated``).
 
     The yielded dict's ``output_dir`` key, if set, is passed to ``on_run_end``. With ``active`` False
     (ranks other than 0) no hook is called.
@@ -90,6 +96,9 @@ def lifecycle(run: RunInfo, active: bool = True) -> Iterator[dict[str, Any]]:
         call_lifecycle("on_run_end", run=run, status="KILLED", output_dir=outcome["output_dir"], error=None)
         raise
     except BaseException as exc:
+        if _sigterm_received:
+            call_lifecycle("on_run_end", run=run, status="KILLED", output_dir=outcome["output_dir"], error=None)
+            raise Terminated() from exc
         call_lifecycle("on_run_end", run=run, status="FAILED", output_dir=outcome["output_dir"],
                        error=error_line(exc))
         raise

@@ -9,6 +9,8 @@ import pytest
 
 from conftest import TINY
 
+from adaptive_exit.hookspecs import hookimpl
+
 
 def start_training(env, tmp_path):
     """A tiny `train` long enough to be stopped, and a function that waits for its RUNNING MLflow run."""
@@ -147,3 +149,41 @@ def test_finished_only_once_the_model_is_logged(env, tmp_path, monkeypatch):
         (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()],
                                     f"tags.`adaptive_exit.output_dir` LIKE '%out-{status}'")
         assert run.info.status == status
+
+
+class EndRecorder:
+    def __init__(self):
+        self.statuses = []
+
+    @hookimpl
+    def on_run_end(self, run, status, output_dir):
+        self.statuses.append(status)
+
+
+def test_an_error_that_sigterm_caused_ends_the_run_killed(monkeypatch):
+    """SIGTERM that lands inside a class being created (during an import) surfaces as a RuntimeError."""
+    from adaptive_exit import lifecycle, plugins
+
+    recorder = EndRecorder()
+    plugins.get_plugin_manager().register(recorder, name="end-recorder")
+    monkeypatch.setattr(lifecycle, "_sigterm_received", True)
+    try:
+        with pytest.raises(lifecycle.Terminated):
+            with lifecycle.lifecycle(lifecycle.RunInfo("train", {}, {}, "experiment", tracking=False)):
+                raise RuntimeError("Error calling __set_name__ on 'Field' instance 'split_info' in 'SplitGenerator'")
+    finally:
+        plugins.get_plugin_manager().unregister(name="end-recorder")
+    assert recorder.statuses == ["KILLED"]
+
+
+def test_an_error_that_sigterm_caused_outside_a_run_exits_143(monkeypatch, capsys):
+    from adaptive_exit import cli, lifecycle
+
+    def fails(args):
+        lifecycle._sigterm_received = True  # what the handler sets, with its exception turned into another one
+        raise RuntimeError("Error calling __set_name__")
+
+    monkeypatch.setattr(lifecycle, "_sigterm_received", False)
+    monkeypatch.setattr(cli, "cmd_plugins", fails)
+    assert cli.main(["plugins"]) == 143
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "adaptive-exit: terminated"
