@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import operator
 from dataclasses import dataclass
 
@@ -30,6 +31,13 @@ class ExitOutputs:
 def exit_condition(scores: torch.Tensor, threshold: torch.Tensor | float, exit_when: str) -> torch.Tensor:
     """True where a score meets the threshold under the rule ``exit_when`` ('<', '<=', '>' or '>=')."""
     return EXIT_RULES[exit_when](scores, threshold)
+
+
+@functools.lru_cache(maxsize=64)
+def threshold_as(dtype: torch.dtype, threshold: float) -> float:
+    """``threshold`` rounded to ``dtype``, as torch rounds a number it compares with a tensor of that dtype: a score
+    read on the host (``tolist``) meets it under ``EXIT_RULES`` exactly where ``exit_condition`` says so."""
+    return float(torch.tensor(threshold, dtype=dtype))
 
 
 def simulate_exits(scores: torch.Tensor, thresholds: torch.Tensor, exit_when: str) -> torch.Tensor:

@@ -8,7 +8,7 @@ from typing import Any, Iterable
 import torch
 
 from . import encoder_calls
-from .exits import ExitOutputs, exit_condition, simulate_exits
+from .exits import EXIT_RULES, ExitOutputs, simulate_exits, threshold_as
 from .model import pooling_weights
 from .precision import Precision, full_precision
 from .signals import Signal, checked_score, threshold_range
@@ -50,6 +50,7 @@ def early_exit_forward(model: Any, input_ids: torch.Tensor, attention_mask: torc
     answers: torch.Tensor | None = None
     exit_index = torch.full((batch,), num_exits - 1, dtype=torch.long, device=input_ids.device)
     history: tuple[torch.Tensor, torch.Tensor] | None = None
+    meets = EXIT_RULES[signal.exit_when]
     for index in range(num_exits):
         hidden = encoder_calls.run_layer(encoder, index, hidden, context)
         rows = slice(None) if active is None else active
@@ -69,16 +70,19 @@ def early_exit_forward(model: Any, input_ids: torch.Tensor, attention_mask: torc
                 view = ExitOutputs(history[0][: index + 1, rows], history[1][: index + 1, rows])
             else:
                 view = ExitOutputs(logits.unsqueeze(0), pooled.unsqueeze(0))
-            leave = exit_condition(checked_score(signal, view)[-1], threshold, signal.exit_when)
-        leaving = int(leave.sum())
+            scores = checked_score(signal, view)[-1]
+        limit = threshold_as(scores.dtype, threshold)
+        decided = [meets(score, limit) for score in scores.tolist()]  # one read per layer: the host decides
+        leaving = sum(decided)
         if leaving == 0:
             continue
-        if leaving == logits.shape[0]:  # everybody still here leaves now
+        if leaving == len(decided):  # everybody still here leaves now
             exit_index[rows] = index
             if answers is None:
                 return EarlyExitOutput(logits, exit_index)
             answers[rows] = logits
             break
+        leave = torch.tensor(decided, device=hidden.device)
         if answers is None:
             answers = logits.new_empty(batch, logits.shape[-1])
         if active is None:

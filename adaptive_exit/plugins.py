@@ -3,13 +3,12 @@ plugin meets the contract (when it registers, and around each call into plugin c
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import importlib.metadata
 import inspect
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Iterator
+from typing import Any
 
 import pluggy
 
@@ -258,17 +257,22 @@ def describe(kind: str, cls: type) -> str:
     return f"{kind[:-1]} '{getattr(cls, 'name', '')}' ({cls.__module__}.{cls.__qualname__})"
 
 
-@contextlib.contextmanager
-def blamed(kind: str, cls: type, what: str) -> Iterator[None]:
+class blamed:
     """Run plugin code: an exception from it becomes a one-line PluginError naming the plugin and ``what`` it
-    was doing; the exception itself is the error's cause. A UsageError passes through unchanged."""
-    try:
-        yield
-    except UsageError:
-        raise
-    except Exception as exc:
+    was doing; the exception itself is the error's cause. A UsageError passes through unchanged. (A class, not a
+    generator: early exit enters it on every layer.)"""
+
+    def __init__(self, kind: str, cls: type, what: str):
+        self.kind, self.cls, self.what = kind, cls, what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type | None, exc: BaseException | None, traceback: object) -> None:
+        if not isinstance(exc, Exception) or isinstance(exc, UsageError):
+            return
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise PluginError(f"{describe(kind, cls)} raised in {what}: {type(exc).__name__}"
+        raise PluginError(f"{describe(self.kind, self.cls)} raised in {self.what}: {type(exc).__name__}"
                           f"{': ' + detail if detail else ''} (--debug shows the traceback)") from exc
 
 

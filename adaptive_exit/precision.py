@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import torch
 
@@ -130,13 +130,21 @@ def as_fp32(tensor: torch.Tensor) -> torch.Tensor:
     return tensor if tensor.dtype == torch.float32 else tensor.float()
 
 
-@contextlib.contextmanager
-def full_precision(device: torch.device | str) -> Iterator[None]:
+class full_precision:
     """Turn autocast off inside an autocast region (exit signals are scored in fp32: they meet thresholds); outside
-    one (fp32, or already inside full_precision) nothing to do, so nothing is done."""
-    device_type = device.type if isinstance(device, torch.device) else torch.device(device).type
-    if not torch.is_autocast_enabled(device_type):
-        yield
-        return
-    with torch.autocast(device_type, enabled=False):
-        yield
+    one (fp32, or already inside full_precision) nothing to do, so nothing is done. A class with two calls into
+    torch rather than ``torch.autocast(enabled=False)``: early exit switches once per layer, and that context
+    manager's Python work cost more than the exit head it surrounds."""
+
+    def __init__(self, device: torch.device | str):
+        self.device_type = device.type if isinstance(device, torch.device) else torch.device(device).type
+        self.switched = False
+
+    def __enter__(self) -> None:
+        self.switched = torch.is_autocast_enabled(self.device_type)
+        if self.switched:
+            torch.set_autocast_enabled(self.device_type, False)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.switched:
+            torch.set_autocast_enabled(self.device_type, True)
