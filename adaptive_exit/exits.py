@@ -40,6 +40,13 @@ def threshold_as(dtype: torch.dtype, threshold: float) -> float:
     return float(torch.tensor(threshold, dtype=dtype))
 
 
+def meets_on_host(scores: torch.Tensor, threshold: float, exit_when: str) -> list[bool]:
+    """``exit_condition`` for a ``[batch]`` of scores, read on the host in one call (early exit decides there after
+    every layer): a Python bool per sample, the same as ``exit_condition`` gives."""
+    limit, rule = threshold_as(scores.dtype, threshold), EXIT_RULES[exit_when]
+    return [rule(score, limit) for score in scores.tolist()]
+
+
 def simulate_exits(scores: torch.Tensor, thresholds: torch.Tensor, exit_when: str) -> torch.Tensor:
     """The 0-based exit index of every sample for every threshold.
 

@@ -8,7 +8,7 @@ from typing import Any, Iterable
 import torch
 
 from . import encoder_calls
-from .exits import EXIT_RULES, ExitOutputs, simulate_exits, threshold_as
+from .exits import ExitOutputs, meets_on_host, simulate_exits
 from .model import pooling_weights
 from .precision import Precision, full_precision
 from .signals import Signal, checked_score, threshold_range
@@ -50,7 +50,6 @@ def early_exit_forward(model: Any, input_ids: torch.Tensor, attention_mask: torc
     answers: torch.Tensor | None = None
     exit_index = torch.full((batch,), num_exits - 1, dtype=torch.long, device=input_ids.device)
     history: tuple[torch.Tensor, torch.Tensor] | None = None
-    meets = EXIT_RULES[signal.exit_when]
     for index in range(num_exits):
         hidden = encoder_calls.run_layer(encoder, index, hidden, context)
         rows = slice(None) if active is None else active
@@ -71,8 +70,7 @@ def early_exit_forward(model: Any, input_ids: torch.Tensor, attention_mask: torc
             else:
                 view = ExitOutputs(logits.unsqueeze(0), pooled.unsqueeze(0))
             scores = checked_score(signal, view)[-1]
-        limit = threshold_as(scores.dtype, threshold)
-        decided = [meets(score, limit) for score in scores.tolist()]  # one read per layer: the host decides
+        decided = meets_on_host(scores, threshold, signal.exit_when)
         leaving = sum(decided)
         if leaving == 0:
             continue
@@ -87,8 +85,9 @@ def early_exit_forward(model: Any, input_ids: torch.Tensor, attention_mask: torc
             answers = logits.new_empty(batch, logits.shape[-1])
         if active is None:
             active = torch.arange(batch, device=input_ids.device)
-        answers[active[leave]] = logits[leave]
-        exit_index[active[leave]] = index
+        gone = active[leave]
+        answers[gone] = logits[leave]
+        exit_index[gone] = index
         stay = ~leave
         active, hidden, mask = active[stay], hidden[stay], mask[stay]
         hidden, mask = _trim_padding(hidden, mask)

@@ -212,12 +212,13 @@ def test_benchmark_reports_every_figure(cli, model_copy):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_a_score_read_on_the_host_meets_the_threshold_as_torch_compares_it(dtype):
-    from adaptive_exit.exits import EXIT_RULES, exit_condition, threshold_as
+    from adaptive_exit.exits import EXIT_RULES, exit_condition, meets_on_host, threshold_as
 
     threshold = 0.1000000020 if dtype == torch.float32 else 0.5009  # both round to a score below them
     scores = torch.tensor([0.1 if dtype == torch.float32 else 0.5, 0.0, 1.0], dtype=dtype)
     for rule in EXIT_RULES:
         on_host = [EXIT_RULES[rule](score, threshold_as(dtype, threshold)) for score in scores.tolist()]
         assert on_host == exit_condition(scores, threshold, rule).tolist(), rule
+        assert meets_on_host(scores, threshold, rule) == on_host, rule
     assert not EXIT_RULES["<"](scores.tolist()[0], threshold_as(dtype, threshold))  # unrounded it would exit
     assert EXIT_RULES["<"](scores.tolist()[0], threshold)
