@@ -69,7 +69,9 @@ def between_layers(model: MultiExitModel, precision: Precision, tokens: int, rep
                  "signal.score alone": lambda: signal.score(view),
                  "host exit test": lambda: meets_on_host(scores, threshold, signal.exit_when),
                  "a lone add": lambda: logits + 1}
-        layer = lambda: encoder_calls.run_layer(model.encoder, 0, hidden, context)  # noqa: E731
+        def layer() -> None:
+            encoder_calls.run_layer(model.encoder, 0, hidden, context)
+
         layer_us = median_us(layer, repeats)
         print(f"part 1: one sentence of {tokens} tokens, {precision.name}; a layer takes {layer_us:.0f} us")
         print(f"{'':34} {'after a layer':>14} {'in a row':>10}")
