@@ -5,9 +5,12 @@ matrix multiply costs as the rows left shrink (fp32 and bf16).
 
 Part 1 runs the model's first layer on one sentence of ``--tokens`` tokens before each timed call (median of
 ``--repeats``), then the same call ``--repeats`` times in a row: the autocast switch, the exit head, the checked
-signal score, the signal's own score, the host's exit test and a lone add. Part 2 times ``Linear(hidden,
-4 * hidden)`` on 28 to 1,280 rows (100 calls each, weights in fp32 and in bf16): a fixed cost per call shows as
-time that does not halve with the rows.
+signal score, the signal's own score, the host's exit test and a lone add. Part 2 times the whole step between
+two layers (exit head, checked score, host exit test) after nothing, after a layer, after a sweep over 32 MB of
+memory and after a 2.5 ms sleep, and beside it the same arithmetic bare (in fp32: pooling, the head's matrix multiply,
+the signal's score, one read): either costs alike whenever it does not run hot in the caches. Part 3
+times ``Linear(hidden, 4 * hidden)`` on 28 to 1,280 rows (100 calls each, weights in fp32 and in bf16): a fixed
+cost per call shows as time that does not halve with the rows.
 """
 
 from __future__ import annotations
@@ -78,9 +81,31 @@ def between_layers(model: MultiExitModel, precision: Precision, tokens: int, rep
         for name, call in parts.items():
             print(f"{name:34} {median_us(call, repeats, layer):>11.0f} us {median_us(call, repeats):>7.0f} us")
 
+        def step() -> None:
+            with full_precision(hidden.device):
+                pooled, logits = model.exit_output(0, hidden, weights)
+                scores = checked_score(signal, ExitOutputs(logits.unsqueeze(0), pooled.unsqueeze(0)))[-1]
+            meets_on_host(scores, threshold, signal.exit_when)
+
+        head_layer = model.heads[0].classifier
+
+        def bare_step() -> None:  # the same arithmetic in fp32, without the engine's checks and rounding
+            with full_precision(hidden.device):
+                bare_pooled = torch.bmm(weights, hidden.float()).squeeze(1)
+                bare_logits = torch.nn.functional.linear(bare_pooled, head_layer.weight, head_layer.bias)
+                signal.score(ExitOutputs(bare_logits.unsqueeze(0), bare_pooled.unsqueeze(0)))[-1].tolist()
+
+        memory = torch.zeros(8 * 2 ** 20)  # 32 MB, more than the caches hold
+        befores = {"nothing": None, "a layer": layer, "a sweep over 32 MB": lambda: memory.add_(1.0),
+                   "a 2.5 ms sleep": lambda: time.sleep(0.0025)}
+        print("part 2: the step between two layers (exit head, checked score, host exit test) after")
+        print(f"{'':34} {'the step':>14} {'bare':>10}")
+        for name, before in befores.items():
+            print(f"{name:34} {median_us(step, repeats, before):>11.0f} us {median_us(bare_step, repeats, before):>7.0f} us")
+
 
 def matmul_rows(hidden_size: int) -> None:
-    print(f"part 2: Linear({hidden_size}, {4 * hidden_size}), 100 calls each, median")
+    print(f"part 3: Linear({hidden_size}, {4 * hidden_size}), 100 calls each, median")
     linear = torch.nn.Linear(hidden_size, 4 * hidden_size)
     for dtype in (torch.float32, torch.bfloat16):
         layer = linear.to(dtype)
