@@ -1,4 +1,5 @@
-"""Real early-exit inference: layer by layer, samples leave the batch as soon as their signal says so."""
+"""Inference with a saved model: its signal and threshold, predict, and real early exit checked against the
+all-exits simulation."""
 
 from __future__ import annotations
 
@@ -8,92 +9,11 @@ from typing import Any, Iterable
 import torch
 
 from . import encoder_calls
-from .exits import ExitOutputs, meets_on_host, simulate_exits
+from .early_exit import early_exit_forward, early_exit_stream
+from .exits import simulate_exits
 from .model import pooling_weights
 from .precision import Precision, full_precision
 from .signals import Signal, checked_score, threshold_range
-
-
-@dataclass
-class EarlyExitOutput:
-    """Each sample's answer: the logits of the exit it left at, and that exit's 0-based index."""
-
-    logits: torch.Tensor
-    exit_index: torch.Tensor
-
-
-def _trim_padding(hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Drop trailing columns that no remaining sample uses."""
-    used = mask.any(0).nonzero()
-    length = int(used.max()) + 1 if used.numel() else mask.shape[1]
-    if length < mask.shape[1]:
-        return hidden[:, :length], mask[:, :length]
-    return hidden, mask
-
-
-@torch.no_grad()
-def early_exit_forward(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                       token_type_ids: torch.Tensor | None, signal: Signal, threshold: float) -> EarlyExitOutput:
-    """Run ``model`` (in eval mode) so that deeper layers only see the samples still undecided.
-
-    After each exit the samples whose score meets ``threshold`` under the signal's rule leave: their
-    answers are written in place, and the rows of the others (hidden states, attention mask, trimmed
-    to their longest sample) go on. Gives the predictions and exit layers of the all-exits simulation.
-    """
-    encoder = model.encoder
-    num_exits = model.num_exits
-    batch = input_ids.shape[0]
-    hidden, context = encoder_calls.start(encoder, input_ids, token_type_ids, attention_mask)
-    mask = attention_mask
-    weights = pooling_weights(mask, model.pooling, hidden.dtype)
-    active: torch.Tensor | None = None  # original rows still in the batch; None while it is all of them
-    answers: torch.Tensor | None = None
-    exit_index = torch.full((batch,), num_exits - 1, dtype=torch.long, device=input_ids.device)
-    history: tuple[torch.Tensor, torch.Tensor] | None = None
-    for index in range(num_exits):
-        hidden = encoder_calls.run_layer(encoder, index, hidden, context)
-        rows = slice(None) if active is None else active
-        with full_precision(hidden.device):  # one switch per layer for the exit and its score
-            pooled, logits = model.exit_output(index, hidden, weights)
-            if index == num_exits - 1:
-                if answers is None:
-                    return EarlyExitOutput(logits, exit_index)
-                answers[rows] = logits
-                break
-            if signal.uses_history:
-                if history is None:
-                    history = (logits.new_zeros(num_exits, batch, logits.shape[-1]),
-                               pooled.new_zeros(num_exits, batch, pooled.shape[-1]))
-                history[0][index, rows] = logits
-                history[1][index, rows] = pooled
-                view = ExitOutputs(history[0][: index + 1, rows], history[1][: index + 1, rows])
-            else:
-                view = ExitOutputs(logits.unsqueeze(0), pooled.unsqueeze(0))
-            scores = checked_score(signal, view)[-1]
-        decided = meets_on_host(scores, threshold, signal.exit_when)
-        leaving = sum(decided)
-        if leaving == 0:
-            continue
-        if leaving == len(decided):  # everybody still here leaves now
-            exit_index[rows] = index
-            if answers is None:
-                return EarlyExitOutput(logits, exit_index)
-            answers[rows] = logits
-            break
-        leave = torch.tensor(decided, device=hidden.device)
-        if answers is None:
-            answers = logits.new_empty(batch, logits.shape[-1])
-        if active is None:
-            active = torch.arange(batch, device=input_ids.device)
-        gone = active[leave]
-        answers[gone] = logits[leave]
-        exit_index[gone] = index
-        stay = ~leave
-        active, hidden, mask = active[stay], hidden[stay], mask[stay]
-        hidden, mask = _trim_padding(hidden, mask)
-        context = encoder_calls.context(encoder, hidden, mask)
-        weights = pooling_weights(mask, model.pooling, hidden.dtype)
-    return EarlyExitOutput(answers, exit_index)
 
 
 @dataclass
@@ -239,7 +159,7 @@ def text_columns(items: list[Any], fields: list[str]) -> list[list[str]]:
 def predict(model: Any, texts: list[Any], threshold: float | None = None, batch_size: int = 32,
             signal: str | None = None, signal_options: dict[str, Any] | None = None,
             precision: str = "auto") -> list[dict[str, Any]]:
-    """Early-exit predictions for raw texts, in input order (batched by length internally)."""
+    """Early-exit predictions for raw texts, in input order (sorted by length and streamed: ``early_exit_stream``)."""
     from .errors import UsageError
 
     if not texts:
@@ -255,38 +175,36 @@ def predict(model: Any, texts: list[Any], threshold: float | None = None, batch_
     max_length = model.config["run"]["data"]["max_length"]
     columns = text_columns(list(texts), fields)
     order = sorted(range(len(texts)), key=lambda i: sum(len(c[i]) for c in columns))
-    results: list[dict[str, Any] | None] = [None] * len(texts)
+
+    def tokenized(start: int) -> dict[str, torch.Tensor]:
+        chosen = order[start:start + batch_size]
+        return dict(model.tokenizer(*[[c[i] for i in chosen] for c in columns], padding=True, truncation=True,
+                                    max_length=max_length, return_tensors="pt").to(device))
+
     with runs_in.autocast():  # once for all batches: autocast keeps its casts of the weights until it ends
-        for start in range(0, len(order), batch_size):
-            chosen = order[start:start + batch_size]
-            _answer_batch(model, [[c[i] for i in chosen] for c in columns], chosen, signal_obj, threshold,
-                          max_length, results)
-    return results
+        out = early_exit_stream(model, (tokenized(start) for start in range(0, len(order), batch_size)), signal_obj,
+                                threshold, batch_size)
+    return _answers(model, out, order)
 
 
-def _answer_batch(model: Any, columns: list[list[str]], rows: list[int], signal: Signal, threshold: float,
-                 max_length: int, results: list[dict[str, Any] | None]) -> None:
-    """Early exit on one batch of texts; puts each answer at its original position in ``results``."""
-    device = next(model.parameters()).device
+def _answers(model: Any, out: Any, order: list[int]) -> list[dict[str, Any]]:
+    """Each answer of ``out`` (an ``EarlyExitOutput`` of the texts in ``order``) as a dict, in input order."""
     labels = model.config["label_names"]
     regression = model.config.get("task", "classification") == "regression"
-    batch = model.tokenizer(*columns, padding=True, truncation=True, max_length=max_length,
-                            return_tensors="pt").to(device)
-    out = early_exit_forward(model, batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
-                             signal, threshold)
     values = out.logits.float()[:, 0] if regression else torch.softmax(out.logits.float(), dim=-1)
     values = values.cpu()
     if not bool(torch.isfinite(values).all()):
         from .errors import UsageError
 
         raise UsageError("the model's answers are not finite numbers (its weights hold NaN or inf); train it again")
-    exit_index = out.exit_index.cpu()
-    for row, original in enumerate(rows):
+    exit_layers = (out.exit_index.cpu() + 1).tolist()
+    results: list[dict[str, Any]] = [{}] * len(order)
+    for row, original in enumerate(order):
         if regression:
-            results[original] = {"value": round(float(values[row]), 6), "exit_layer": int(exit_index[row]) + 1}
+            results[original] = {"value": round(float(values[row]), 6), "exit_layer": exit_layers[row]}
             continue
         label_id = int(values[row].argmax())
         results[original] = {"label": labels[label_id], "label_id": label_id,
                              "probabilities": [round(float(p), 6) for p in values[row]],
-                             "exit_layer": int(exit_index[row]) + 1}
-
+                             "exit_layer": exit_layers[row]}
+    return results

@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import torch
 
+import adaptive_exit.early_exit as early_exit
 import adaptive_exit.inference as inference
 from adaptive_exit import MultiExitModel
 from adaptive_exit.config import DataConfig
@@ -24,7 +25,7 @@ from adaptive_exit.data import load_task, make_loader, tokenize
 from adaptive_exit.precision import Precision, cpu_description, cpu_line
 
 PARTS = {"embeddings": (inference.encoder_calls, "start"), "layers": (inference.encoder_calls, "run_layer"),
-         "signal": (inference, "checked_score")}
+         "signal": (early_exit, "checked_score")}
 
 
 def timed(spent: collections.Counter, key: str, call: Callable[..., Any]) -> Callable[..., Any]:
@@ -59,7 +60,7 @@ def main() -> None:
     model.exit_output = timed(spent, "exit heads", model.exit_output)
     paths = {"full": lambda b: inference.final_forward(model, b["input_ids"], b["attention_mask"],
                                                        b.get("token_type_ids")),
-             "early": lambda b: inference.early_exit_forward(model, b["input_ids"], b["attention_mask"],
+             "early": lambda b: early_exit.early_exit_forward(model, b["input_ids"], b["attention_mask"],
                                                              b.get("token_type_ids"), signal, threshold)}
     with torch.no_grad(), runs_in.autocast():  # one autocast region, as predict has
         exits = torch.cat([paths["early"](b).exit_index for b in batches])

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from adaptive_exit import MultiExitModel, Signal, simulate_exits
 from adaptive_exit.backbones import HuggingFace
-from adaptive_exit.inference import early_exit_forward
+from adaptive_exit.early_exit import early_exit_forward, early_exit_stream
 from adaptive_exit.precision import Precision
 from adaptive_exit.signals import Energy, Entropy, MaxProb
 
@@ -114,6 +114,13 @@ def test_early_exit_matches_simulation(model, batch, signal_name, precision):
                 assert torch.equal(out.exit_index, expected), (threshold, size, start)
                 assert torch.equal(out.logits.argmax(-1), predictions[:, rows].gather(0, expected[None])[0])
                 seen_exits.update(expected.tolist())
+        # a stream of batches of 5, every layer call refilled to 7: calls merge and split the batches
+        stream = [{key: batch[key][start:start + 5, :int(lengths[start:start + 5].max())] for key in batch}
+                  for start in range(0, len(lengths), 5)]
+        with runs_in.autocast():
+            out = early_exit_stream(model, stream, signal, threshold, 7)
+        assert torch.equal(out.exit_index, simulated[k]), (threshold, "stream")
+        assert torch.equal(out.logits.argmax(-1), predictions.gather(0, simulated[k][None])[0])
     assert 0 in seen_exits and len(seen_exits) >= 2  # samples left early and samples went on
 
 

@@ -12,7 +12,8 @@ from mlflow.tracking import MlflowClient
 
 from adaptive_exit import MultiExitModel, simulate_exits
 from adaptive_exit.aliases import resolve_source
-from adaptive_exit.inference import early_exit_forward, model_signal
+from adaptive_exit.early_exit import early_exit_forward
+from adaptive_exit.inference import model_signal
 from adaptive_exit.precision import Precision
 
 pytestmark = pytest.mark.gpu
