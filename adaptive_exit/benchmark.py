@@ -11,9 +11,21 @@ import torch
 
 from .data import load_task, make_loader, tokenize
 from .errors import UsageError
-from .inference import early_exit_forward, final_forward, model_signal, chosen_threshold, text_columns
+from .early_exit import early_exit_forward, early_exit_stream
+from .inference import final_forward, model_signal, chosen_threshold, text_columns
 from .model import MultiExitModel, pool, pooling_weights
 from .precision import Precision, cpu_description, cpu_line, default_device, emulated_bf16_note
+
+
+STREAM_BATCHES = 8  # batches per timed run: predict's stream of texts, cut into runs for the interleaving
+
+
+def _early_one_batch(signal: Any, threshold: float) -> Callable[[MultiExitModel, dict[str, torch.Tensor]], Any]:
+    """Early exit on one batch at a time, as ``early_exit_forward`` runs it."""
+    def forward(model: MultiExitModel, batch: dict[str, torch.Tensor]) -> Any:
+        return early_exit_forward(model, batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
+                                  signal, threshold)
+    return forward
 
 
 def _own_forward(model: MultiExitModel, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
@@ -31,27 +43,27 @@ def _engine_forward(model: MultiExitModel, batch: dict[str, torch.Tensor]) -> to
     return final_forward(model, batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
 
 
-def _timed_passes(runs: dict[str, Callable[[int], Any]], count: int, repeats: int, precision: Precision,
-                  bar: Any) -> dict[str, list[float]]:
-    """Seconds each of ``runs`` takes over batches ``0..count-1``, per pass: a warm-up pass, then ``repeats``
-    timed ones (``bar`` counts the batches). Interleaved batch by batch (each batch through every run in turn),
-    so that a slower spell of the machine falls on all of them alike; all in one autocast region, as ``predict``
-    has, so that the warm-up pass casts the weights once for every run."""
+def _timed_passes(runs: dict[str, Callable[[list[int]], Any]], chunks: list[list[int]], repeats: int,
+                  precision: Precision, bar: Any) -> dict[str, list[float]]:
+    """Seconds each of ``runs`` takes over ``chunks`` (lists of batch indices), per pass: a warm-up pass, then
+    ``repeats`` timed ones (``bar`` counts the batches). Interleaved chunk by chunk (each chunk through every run in
+    turn), so that a slower spell of the machine falls on all of them alike; all in one autocast region, as
+    ``predict`` has, so that the warm-up pass casts the weights once for every run."""
     cuda = precision.device.type == "cuda"
     times: dict[str, list[float]] = {name: [] for name in runs}
     with precision.autocast():
         for timed in [False] + [True] * repeats:
             spent = dict.fromkeys(runs, 0.0)
-            for index in range(count):
+            for chunk in chunks:
                 for name, run in runs.items():
                     if cuda:
                         torch.cuda.synchronize()
                     start = time.perf_counter()
-                    run(index)
+                    run(chunk)
                     if cuda:
                         torch.cuda.synchronize()
                     spent[name] += time.perf_counter() - start
-                bar.update()  # between batches: costs nothing timed
+                bar.update(len(chunk))  # between chunks: costs nothing timed
             if timed:
                 for name, seconds in spent.items():
                     times[name].append(seconds)
@@ -80,8 +92,9 @@ def benchmark_model_dir(model_dir: str, threshold: float | None = None, batch_si
                         repeats: int = 5, max_samples: int | None = None, split: str = "validation",
                         signal: str | None = None, signal_options: dict[str, Any] | None = None,
                         precision: str = "auto") -> dict[str, Any]:
-    """Time the full model and early exit on the same tokenized inputs, interleaved batch by batch, median of
-    ``repeats`` passes;
+    """Time the full model and early exit on the same tokenized inputs, median of ``repeats`` passes, interleaved in
+    runs of ``STREAM_BATCHES`` batches: early exit streams each run as ``predict`` streams its texts (every layer
+    call refilled to the batch size), and batch by batch as ``early_exit_forward`` runs one batch;
     ``signal_options`` go over the options the model keeps for its signal."""
     if repeats < 1 or any(b < 1 for b in batch_sizes):
         raise UsageError("--repeats and every batch size must be at least 1")
@@ -108,10 +121,8 @@ def benchmark_model_dir(model_dir: str, threshold: float | None = None, batch_si
     for batch_size in batch_sizes:
         batches = [{k: v.to(device) for k, v in b.items()} for b in make_loader(tokenized, model.tokenizer, batch_size)]
         with runs_in.autocast():
-            exits = [early_exit_forward(model, b["input_ids"], b["attention_mask"], b.get("token_type_ids"),
-                                        signal_obj, threshold).exit_index for b in batches]
+            exit_index = early_exit_stream(model, batches, signal_obj, threshold, batch_size).exit_index
         has_own_forward = _own_forward(model, batches[0]) is not None  # else timed the engine's way only
-        exit_index = torch.cat(exits)
         lengths = torch.cat([b["attention_mask"].sum(1) for b in batches])
         layer_speedup = model.num_exits * exit_index.numel() / float((exit_index + 1).sum())
         text_batches = [[c[i:i + batch_size] for c in columns] for i in range(0, len(tokenized), batch_size)]
@@ -121,20 +132,26 @@ def benchmark_model_dir(model_dir: str, threshold: float | None = None, batch_si
             return dict(model.tokenizer(*text_batches[index], padding=True, truncation=True, max_length=max_length,
                                         return_tensors="pt").to(device))
 
-        def early(batch: dict[str, torch.Tensor]) -> Any:
-            return early_exit_forward(model, batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
-                                      signal_obj, threshold)
+        def stream(given: Any) -> Any:
+            return early_exit_stream(model, given, signal_obj, threshold, batch_size)
+
+        def each(forward: Callable[..., Any], chunk: list[int]) -> None:
+            for i in chunk:
+                forward(model, batches[i])
 
         plain = _own_forward if has_own_forward else _engine_forward
-        runs: dict[str, Callable[[int], Any]] = {"engine": lambda i: _engine_forward(model, batches[i]),
-                                                 "early": lambda i: early(batches[i])}
+        runs: dict[str, Callable[[list[int]], Any]] = {
+            "engine": lambda chunk: each(_engine_forward, chunk),
+            "early": lambda chunk: stream(batches[i] for i in chunk),
+            "early_per_batch": lambda chunk: each(_early_one_batch(signal_obj, threshold), chunk)}
         if has_own_forward:
-            runs["hf"] = lambda i: _own_forward(model, batches[i])
-        runs["hf_e2e"] = lambda i: plain(model, tokenized_batch(i))
-        runs["early_e2e"] = lambda i: early(tokenized_batch(i))
+            runs["hf"] = lambda chunk: each(_own_forward, chunk)
+        runs["hf_e2e"] = lambda chunk: [plain(model, tokenized_batch(i)) for i in chunk]
+        runs["early_e2e"] = lambda chunk: stream(tokenized_batch(i) for i in chunk)
+        chunks = [list(range(i, min(i + STREAM_BATCHES, len(batches)))) for i in range(0, len(batches), STREAM_BATCHES)]
         bar = tqdm(total=(repeats + 1) * len(batches), desc=f"timing batch size {batch_size}", unit="batch",
                    file=sys.stderr)
-        times = _timed_passes(runs, len(batches), repeats, runs_in, bar)
+        times = _timed_passes(runs, chunks, repeats, runs_in, bar)
         bar.close()
         median = {name: statistics.median(values) for name, values in times.items()}
         full = min(median.get("hf", median["engine"]), median["engine"])
@@ -144,10 +161,13 @@ def benchmark_model_dir(model_dir: str, threshold: float | None = None, batch_si
             "flops_ratio": _flops_ratio(model, lengths, exit_index),
             "measured_speedup": measured,
             "efficiency": measured / layer_speedup,
+            "per_batch_speedup": full / median["early_per_batch"],
+            "per_batch_efficiency": full / median["early_per_batch"] / layer_speedup,
             "end_to_end_speedup": median["hf_e2e"] / median["early_e2e"],
             "overhead_per_visited_layer_ms": _overhead_per_layer(median["early"], median["engine"], lengths, exit_index,
                                                                  model.num_exits),
             "seconds": {"full_hf": median.get("hf"), "full_engine": median["engine"], "early_exit": median["early"],
+                        "early_exit_per_batch": median["early_per_batch"],
                         "full_hf_with_tokenization": median["hf_e2e"],
                         "early_exit_with_tokenization": median["early_e2e"]},
         }
@@ -168,14 +188,18 @@ def format_report(report: dict[str, Any]) -> str:
     lines = [f"signal {report['signal']} at threshold {report['threshold']:.6g}, {report['samples']} samples, "
              f"{report['device']} ({report['precision']}) with {report['torch_threads']} threads",
              cpu_line(report["cpu"]),
-             f"{'batch':>5} {'layer x':>8} {'FLOPs x':>8} {'measured x':>10} {'efficiency':>10} {'with tokenization x':>20}"]
+             f"{'batch':>5} {'layer x':>8} {'FLOPs x':>8} {'measured x':>10} {'efficiency':>10} {'with tokenization x':>20} "
+             f"{'per batch x':>12} {'efficiency':>10}"]
     for size, row in report["batch_sizes"].items():
         flops = "n/a" if row["flops_ratio"] is None else f"{row['flops_ratio']:.2f}"
         lines.append(f"{size:>5} {row['layer_speedup']:>8.2f} {flops:>8} {row['measured_speedup']:>10.2f} "
-                     f"{row['efficiency']:>10.2f} {row['end_to_end_speedup']:>20.2f}")
+                     f"{row['efficiency']:>10.2f} {row['end_to_end_speedup']:>20.2f} {row['per_batch_speedup']:>12.2f} "
+                     f"{row['per_batch_efficiency']:>10.2f}")
     overhead = ", ".join(f"{row['overhead_per_visited_layer_ms']:.2f} ms at batch {size}"
                          for size, row in report["batch_sizes"].items())
     lines.append(f"early exit's overhead per layer a sample visits: {overhead}")
-    lines.append("measured x = full-model time (faster of transformers' forward and the engine's) / early-exit time, "
-                 "same tokenized inputs, interleaved batch by batch, median of repeats after a warm-up pass")
+    lines.append(f"measured x = full-model time (faster of transformers' forward and the engine's) / early-exit time, "
+                 f"same tokenized inputs, interleaved in runs of {STREAM_BATCHES} batches, median of repeats after a "
+                 f"warm-up pass; early exit streams each run as predict does (every layer call refilled to the batch "
+                 f"size), per batch x runs each batch alone")
     return "\n".join(lines)

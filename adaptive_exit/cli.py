@@ -485,14 +485,18 @@ def make_parser(argv: list[str]) -> argparse.ArgumentParser:
     predict.add_argument("--output", default="-", metavar="FILE", help="output file (default: standard output)")
     predict.add_argument("--threshold", type=float, help="exit threshold (default: the calibrated one)")
     predict.add_argument("--signal", help="exit signal (default: the model's)")
-    predict.add_argument("--batch-size", type=int, default=32, help="texts per batch (default: 32)")
+    predict.add_argument("--batch-size", type=int, default=32,
+                         help="samples per layer call: early exit refills each call from the texts waiting at that "
+                              "layer (default: 32)")
     _add_precision_arg(predict)
     predict.set_defaults(func=cmd_predict)
 
     bench = sub.add_parser("benchmark", help="measured early-exit speed-up against the full model",
                            description="Time the full model and early exit on the same tokenized evaluation inputs "
-                                       "(interleaved batch by batch, median of passes) at the stored threshold, and "
-                                       "report layer speed-up, FLOPs ratio, measured speed-up and their ratio.")
+                                       "(interleaved in runs of 8 batches, median of passes) at the stored threshold, "
+                                       "and report layer speed-up, FLOPs ratio, measured speed-up and their ratio; "
+                                       "early exit streams the batches as predict does (every layer call refilled "
+                                       "to the batch size) and runs them one batch at a time.")
     _add_saved_model_args(bench, "print the report as JSON", dataset=False, track=False)
     bench.add_argument("--threshold", type=float, help="exit threshold (default: the calibrated one)")
     bench.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32], metavar="B", help="(default: 1 32)")
