@@ -9,7 +9,7 @@ from typing import Any, Iterable
 import torch
 
 from . import encoder_calls
-from .early_exit import early_exit_forward, early_exit_stream
+from .early_exit import early_exit_stream
 from .exits import simulate_exits
 from .model import pooling_weights
 from .precision import Precision, full_precision
@@ -37,24 +37,28 @@ def spread_thresholds(thresholds: Iterable[float], count: int) -> torch.Tensor:
 @torch.no_grad()
 def exit_mismatches(model: Any, batches: Iterable[dict[str, torch.Tensor]], signal: Signal, thresholds: torch.Tensor,
                     precision: Precision | None = None) -> list[ExitMismatch]:
-    """Run each batch through all exits and, per threshold, through real early exit: every sample (numbered
-    across the batches) whose exit layer differs between the two."""
-    mismatches: list[ExitMismatch] = []
-    offset = 0
+    """Run each batch through all exits and, per threshold, all of them streamed through real early exit as
+    ``predict`` streams them (layer calls refilled up to the largest batch's size): every sample (numbered across
+    the batches) whose exit layer differs between the two."""
+    batches = list(batches)
+    if not batches:
+        return []
+    device = batches[0]["input_ids"].device
+    runs_in = precision or Precision("fp32", device)
+    simulated = []
     for batch in batches:
-        ids, mask, types = batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids")
-        runs_in = precision or Precision("fp32", ids.device)
         with runs_in.autocast():
-            full = model(ids, mask, types)
-        with full_precision(ids.device):
-            simulated = simulate_exits(checked_score(signal, full), thresholds, signal.exit_when)
-        for k, threshold in enumerate(thresholds.tolist()):
-            with runs_in.autocast():
-                early = early_exit_forward(model, ids, mask, types, signal, threshold).exit_index
-            for row in (early != simulated[k]).nonzero().flatten().tolist():
-                mismatches.append(ExitMismatch(offset + row, threshold, int(early[row]) + 1,
-                                               int(simulated[k, row]) + 1))
-        offset += ids.shape[0]
+            full = model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+        with full_precision(device):
+            simulated.append(simulate_exits(checked_score(signal, full), thresholds, signal.exit_when))
+    expected = torch.cat(simulated, 1)
+    call_size = max(batch["input_ids"].shape[0] for batch in batches)
+    mismatches: list[ExitMismatch] = []
+    for k, threshold in enumerate(thresholds.tolist()):
+        with runs_in.autocast():
+            early = early_exit_stream(model, batches, signal, threshold, call_size).exit_index
+        for row in (early != expected[k]).nonzero().flatten().tolist():
+            mismatches.append(ExitMismatch(row, threshold, int(early[row]) + 1, int(expected[k, row]) + 1))
     return mismatches
 
 

@@ -75,10 +75,11 @@ def check_signal(signal_cls: type[Signal], options: dict[str, Any] | None = None
 
     The class must pass the registration checks (a ``Signal`` subclass with a name, a valid ``exit_when`` and a
     pydantic ``Options``), ``score`` must return a floating ``[exits, batch]`` tensor, and real early exit must
-    send every sample out at the layer the all-exits simulation says, at batch sizes 1, 7 and 32 and a dozen
-    thresholds from the signal's own grid. That fails for a score that reads a later exit or other samples, and
-    for a signal that declares ``uses_history`` wrongly. ``options`` are the signal's options (default: its
-    defaults). ``task`` 'regression' checks it on a model with one output per exit (targets in -4..4).
+    send every sample out at the layer the all-exits simulation says, at batch sizes 1, 7 and 32 (streamed as
+    ``predict`` streams them) and a dozen thresholds from the signal's own grid. That fails for a score that reads
+    a later exit or other samples, and for a signal that declares ``uses_history`` wrongly. ``options`` are the
+    signal's options (default: its defaults). ``task`` 'regression' checks it on a model with one output per exit
+    (targets in -4..4).
     """
     problem = class_problem("signals", signal_cls)
     if problem is not None:
@@ -117,8 +118,8 @@ def check_backbone(backbone_cls: type[Backbone], source: str, *, num_layers: int
     must give an ``Encoder`` with ``num_layers``, ``hidden_size`` and a tokenizer whose ``embed`` and ``run_layer``
     give ``[batch, seq, hidden]``; the fidelity check must pass (each layer equal to ``own_forward``, where the
     encoder has one, and a sample alone equal to the same sample in a padded batch); real early exit must send
-    every sample out at the layer the all-exits simulation says, at batch sizes 1, 7 and 32; and ``save`` then
-    ``load_saved`` (with the weights loaded back) must give the same outputs.
+    every sample out at the layer the all-exits simulation says, at batch sizes 1, 7 and 32 (streamed as ``predict``
+    streams them); and ``save`` then ``load_saved`` (with the weights loaded back) must give the same outputs.
     """
     problem = class_problem("backbones", backbone_cls)
     if problem is not None:
