@@ -17,9 +17,9 @@ from .hookspecs import hookimpl
 class LayerContext:
     """What an encoder computes once per batch and every layer reads: ``attention_mask`` (``[batch, seq]``, 1 for a
     real token, 0 for padding) and, in subclasses, whatever else its layers take (the mask in their form, position
-    bias, relative positions, rotary tables). Early exit asks ``Encoder.context`` for a new one whenever samples
-    leave, for the rows that remain, cut to their longest sample: so it must depend on nothing but the mask and the
-    hidden states' shape, dtype and device."""
+    bias, relative positions, rotary tables). Early exit asks ``Encoder.context`` for a new one for every new set of
+    rows (samples left, or rows of other batches joined, right-padded with zero states), cut to their longest
+    sample: so it must depend on nothing but the mask and the hidden states' shape, dtype and device."""
 
     attention_mask: torch.Tensor
 

@@ -20,14 +20,6 @@ from .precision import Precision, cpu_description, cpu_line, default_device, emu
 STREAM_BATCHES = 8  # batches per timed run: predict's stream of texts, cut into runs for the interleaving
 
 
-def _early_one_batch(signal: Any, threshold: float) -> Callable[[MultiExitModel, dict[str, torch.Tensor]], Any]:
-    """Early exit on one batch at a time, as ``early_exit_forward`` runs it."""
-    def forward(model: MultiExitModel, batch: dict[str, torch.Tensor]) -> Any:
-        return early_exit_forward(model, batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
-                                  signal, threshold)
-    return forward
-
-
 def _own_forward(model: MultiExitModel, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
     """The full model through the encoder's own forward (for ``transformers`` encoders: the plain model), then the
     final classifier; None for an encoder without its own forward."""
@@ -135,6 +127,10 @@ def benchmark_model_dir(model_dir: str, threshold: float | None = None, batch_si
         def stream(given: Any) -> Any:
             return early_exit_stream(model, given, signal_obj, threshold, batch_size)
 
+        def one_batch(model: MultiExitModel, batch: dict[str, torch.Tensor]) -> Any:
+            return early_exit_forward(model, batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
+                                      signal_obj, threshold)
+
         def each(forward: Callable[..., Any], chunk: list[int]) -> None:
             for i in chunk:
                 forward(model, batches[i])
@@ -143,7 +139,7 @@ def benchmark_model_dir(model_dir: str, threshold: float | None = None, batch_si
         runs: dict[str, Callable[[list[int]], Any]] = {
             "engine": lambda chunk: each(_engine_forward, chunk),
             "early": lambda chunk: stream(batches[i] for i in chunk),
-            "early_per_batch": lambda chunk: each(_early_one_batch(signal_obj, threshold), chunk)}
+            "early_per_batch": lambda chunk: each(one_batch, chunk)}
         if has_own_forward:
             runs["hf"] = lambda chunk: each(_own_forward, chunk)
         runs["hf_e2e"] = lambda chunk: [plain(model, tokenized_batch(i)) for i in chunk]

@@ -81,28 +81,34 @@ def early_exit_stream(model: Any, batches: Iterable[dict[str, torch.Tensor]], si
     """Early exit over ``batches`` (tokenized: ``input_ids``, ``attention_mask``, maybe ``token_type_ids``), every
     answer in the order of the samples in the stream.
 
-    Each layer call runs up to ``batch_size`` samples waiting at that layer, deepest layer first; a new batch is
-    embedded only when no layer has ``batch_size`` waiting. After each exit the samples whose score meets
-    ``threshold`` under the signal's rule leave, the others wait at the next layer. Gives the predictions and exit
-    layers of the all-exits simulation, whatever samples share a layer call.
+    Each layer call runs up to ``batch_size`` samples waiting at that layer, deepest full layer first; a new batch
+    is embedded only when no layer has ``batch_size`` waiting, and once the batches are all read the rest are run
+    shallowest layer first (so that each layer gathers what is left before it runs). After each exit the samples
+    whose score meets ``threshold`` under the signal's rule leave, the others wait at the next layer. Gives the
+    predictions and exit layers of the all-exits simulation, whatever samples share a layer call.
     """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1 (got {batch_size})")
     encoder, num_exits = model.encoder, model.num_exits
     waiting: list[collections.deque] = [collections.deque() for _ in range(num_exits)]
     counts = [0] * num_exits
     done: list[Answers] = []
-    source, fed = iter(batches), 0
+    source, reading, fed = iter(batches), True, 0
     while True:
         index = next((k for k in range(num_exits - 1, -1, -1) if counts[k] >= batch_size), None)
-        if index is None:
+        if index is None and reading:
             batch = next(source, None)
-            if batch is not None:
+            if batch is None:
+                reading = False
+            elif batch["input_ids"].shape[0]:
                 ids, mask = batch["input_ids"], batch["attention_mask"]
                 hidden, context = encoder_calls.start(encoder, ids, batch.get("token_type_ids"), mask)
                 waiting[0].append(_Block(list(range(fed, fed + ids.shape[0])), hidden, mask, context))
                 counts[0] += ids.shape[0]
                 fed += ids.shape[0]
-                continue
-            index = next((k for k in range(num_exits - 1, -1, -1) if counts[k]), None)
+            continue
+        if index is None:
+            index = next((k for k in range(num_exits) if counts[k]), None)
             if index is None:
                 break
         block = _take(waiting[index], batch_size)
@@ -113,7 +119,9 @@ def early_exit_stream(model: Any, batches: Iterable[dict[str, torch.Tensor]], si
             waiting[index + 1].append(stay)
             counts[index + 1] += len(stay.samples)
     if not done:
-        return EarlyExitOutput(torch.empty(0, model.config["num_labels"]), torch.empty(0, dtype=torch.long))
+        device = next(model.parameters()).device
+        return EarlyExitOutput(torch.empty(0, model.config["num_labels"], device=device),
+                               torch.empty(0, dtype=torch.long, device=device))
     return _in_stream_order(done, fed)
 
 
@@ -179,4 +187,4 @@ def early_exit_forward(model: Any, input_ids: torch.Tensor, attention_mask: torc
     batch = {"input_ids": input_ids, "attention_mask": attention_mask}
     if token_type_ids is not None:
         batch["token_type_ids"] = token_type_ids
-    return early_exit_stream(model, [batch], signal, threshold, input_ids.shape[0])
+    return early_exit_stream(model, [batch], signal, threshold, max(1, input_ids.shape[0]))

@@ -47,7 +47,7 @@ def start(encoder: Encoder, input_ids: torch.Tensor, token_type_ids: torch.Tenso
 
 
 def context(encoder: Encoder, hidden: torch.Tensor, attention_mask: torch.Tensor) -> LayerContext:
-    """The layer context for ``hidden`` and its ``[batch, seq]`` mask (again whenever early exit cuts the batch)."""
+    """The layer context for ``hidden`` and its ``[batch, seq]`` mask (again for every new set of rows in early exit)."""
     with blamed("backbones", _origin(encoder), "context"):
         made = encoder.context(hidden, attention_mask)
     if not isinstance(made, LayerContext) or made.attention_mask is not attention_mask:

@@ -124,6 +124,20 @@ def test_early_exit_matches_simulation(model, batch, signal_name, precision):
     assert 0 in seen_exits and len(seen_exits) >= 2  # samples left early and samples went on
 
 
+def test_no_samples_give_an_empty_answer_and_an_empty_batch_in_a_stream_changes_nothing(model, batch):
+    signal = Entropy(num_exits=model.num_exits, hidden_size=model.encoder.hidden_size, num_labels=3).eval()
+    none = early_exit_forward(model, batch["input_ids"][:0], batch["attention_mask"][:0], batch["token_type_ids"][:0],
+                              signal, 0.5)
+    assert none.logits.shape == (0, 3) and none.exit_index.shape == (0,)
+    rows = [slice(0, 3), slice(0, 0), slice(3, 8)]
+    with_empty = early_exit_stream(model, [{k: v[r] for k, v in batch.items()} for r in rows], signal, 0.5, 4)
+    alone = early_exit_stream(model, [{k: v[:8] for k, v in batch.items()}], signal, 0.5, 4)
+    assert torch.equal(with_empty.exit_index, alone.exit_index) and with_empty.exit_index.shape == (8,)
+    assert torch.equal(with_empty.logits.argmax(-1), alone.logits.argmax(-1))
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+        early_exit_stream(model, [batch], signal, 0.5, 0)
+
+
 @pytest.fixture
 def model_copy(trained_model, tmp_path):
     return shutil.copytree(trained_model, tmp_path / "model")
