@@ -493,8 +493,9 @@ def make_parser(argv: list[str]) -> argparse.ArgumentParser:
 
     bench = sub.add_parser("benchmark", help="measured early-exit speed-up against the full model",
                            description="Time the full model and early exit on the same tokenized evaluation inputs "
-                                       "(interleaved in runs of 8 batches, median of passes) at the stored threshold, "
-                                       "and report layer speed-up, FLOPs ratio, measured speed-up and their ratio; "
+                                       "(interleaved in short runs of batches, median of passes) at the stored "
+                                       "threshold, and report layer speed-up, FLOPs ratio, measured speed-up and their "
+                                       "ratio; "
                                        "early exit streams the batches as predict does (every layer call refilled "
                                        "to the batch size) and runs them one batch at a time.")
     _add_saved_model_args(bench, "print the report as JSON", dataset=False, track=False)

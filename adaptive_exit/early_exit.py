@@ -158,10 +158,12 @@ def _run(model: Any, index: int, block: _Block, signal: Signal,
     block.hidden = hidden
     if leaving == 0:
         return [], block  # the same rows go on: context and pooling weights still hold
+    gone: list[int] = []
+    kept: list[int] = []
+    for sample, out in zip(block.samples, decided):
+        (gone if out else kept).append(sample)
     leave = torch.tensor(decided, device=hidden.device)
-    gone = [s for s, out in zip(block.samples, decided) if out]
-    stay = _rows(block, ~leave, [s for s, out in zip(block.samples, decided) if not out])
-    return [(gone, logits[leave], index)], stay
+    return [(gone, logits[leave], index)], _rows(block, ~leave, kept)
 
 
 def _in_stream_order(done: list[Answers], count: int) -> EarlyExitOutput:
