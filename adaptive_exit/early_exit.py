@@ -167,18 +167,21 @@ def _run(model: Any, index: int, block: _Block, signal: Signal,
 
 
 def _in_stream_order(done: list[Answers], count: int) -> EarlyExitOutput:
-    """The answers of ``done`` (samples, their logits, their exit) as one output in stream order."""
-    exits = [0] * count
+    """The answers of ``done`` (samples, their logits, their exit) as one output in stream order; a RuntimeError if
+    they are not one answer for each of the ``count`` samples (no row left unwritten)."""
+    exits: list[int | None] = [None] * count
     for samples, _, index in done:
         for sample in samples:
             exits[sample] = index
+    answered = [s for samples, _, _ in done for s in samples]
+    if len(answered) != count or None in exits:
+        raise RuntimeError(f"early exit answered {len(answered)} times for {count} samples; please report this")
     first_samples, first_logits, _ = done[0]
     exit_index = torch.tensor(exits, device=first_logits.device)
     if len(done) == 1 and first_samples == list(range(count)):
         return EarlyExitOutput(first_logits, exit_index)
     logits = first_logits.new_empty(count, first_logits.shape[-1])
-    logits[torch.tensor([s for samples, _, _ in done for s in samples], device=logits.device)] = torch.cat(
-        [chunk for _, chunk, _ in done])
+    logits[torch.tensor(answered, device=logits.device)] = torch.cat([chunk for _, chunk, _ in done])
     return EarlyExitOutput(logits, exit_index)
 
 
